@@ -1,0 +1,3 @@
+from qwenproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,15 @@
+"""The HTTP edge: one blueprint per API area, plus the error handlers they share."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from qwenproxy.api import chat, health, models
+from qwenproxy.api.errors import register_error_handlers
+
+
+def register_api(app: Flask) -> None:
+    register_error_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(chat.bp)

@@ -1,0 +1,63 @@
+"""Logging set-up: one stderr handler, and a filter that scrubs secrets from every record
+(message, arguments and traceback) on every handler we know of, gunicorn's included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+REDACTED = "[REDACTED]"
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+_SECRET_PARAMS = re.compile(r"(?i)\b((?:access|refresh|id)_token|api[_-]?key|key)=[^&\s\"']+")
+
+
+class SecretFilter(logging.Filter):
+    """Replaces known secrets and bearer tokens in a record before any handler formats it."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets():
+            if secret and secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+        return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = str(record.msg)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+            record.exc_info = None
+        record.msg = self.scrub(message)
+        record.args = None
+        return True
+
+
+LOGGERS_TO_GUARD = ("", "gunicorn.error", "gunicorn.access", "werkzeug")
+
+
+def configure_logging(level: str, secrets: Callable[[], Iterable[str]]) -> SecretFilter:
+    """Give `qwenproxy` a stderr handler (unless one exists) and guard every handler."""
+    package = logging.getLogger("qwenproxy")
+    package.setLevel(level)
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.propagate = False
+    secret_filter = SecretFilter(secrets)
+    for name in (*LOGGERS_TO_GUARD, "qwenproxy"):
+        for handler in logging.getLogger(name).handlers:
+            for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
+                handler.removeFilter(old)
+            handler.addFilter(secret_filter)
+    return secret_filter

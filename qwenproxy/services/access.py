@@ -1,0 +1,82 @@
+"""Who may use the proxy: client keys (constant-time compare) or, without keys, loopback.
+
+Returns a short, stable client id derived from the key (a hash, never the key itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Mapping
+
+from qwenproxy.errors import AuthenticationError, PermissionDeniedError
+
+LOCAL_CLIENT_ID = "local"
+
+
+def key_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientAccess:
+    def __init__(self, keys: tuple[str, ...], trust_proxy_headers: bool = False) -> None:
+        self._keys = tuple(k.encode() for k in keys)
+        self._ids = {k: key_id(k) for k in keys}
+        self._trust_proxy_headers = trust_proxy_headers
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def client_address(self, remote_addr: str | None, headers: Mapping[str, str]) -> str | None:
+        if self._trust_proxy_headers:
+            forwarded = headers.get("X-Forwarded-For")
+            if forwarded:
+                return forwarded.split(",", 1)[0].strip()
+        return remote_addr
+
+    def check(self, headers: Mapping[str, str], remote_addr: str | None) -> str:
+        """The client id of an allowed request; raises 401/403 otherwise."""
+        if not self._keys:
+            if _is_loopback(self.client_address(remote_addr, headers)):
+                return LOCAL_CLIENT_ID
+            raise PermissionDeniedError(
+                "This proxy serves only loopback clients because no client key is set. "
+                "Set PROXY_API_KEY on the proxy and send it as `Authorization: Bearer <key>`."
+            )
+        presented = _presented_key(headers)
+        if presented is None:
+            raise AuthenticationError(
+                "Missing API key: send the proxy key as `Authorization: Bearer <key>` "
+                "or `x-api-key: <key>`."
+            )
+        candidate = presented.encode()
+        match = None
+        for key in self._keys:  # compare against every key: no early exit on a match
+            if hmac.compare_digest(candidate, key):
+                match = key
+        if match is None:
+            raise AuthenticationError("Invalid API key for this proxy.")
+        return self._ids[match.decode()]
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    authorization = headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    api_key = headers.get("x-api-key")
+    if api_key and api_key.strip():
+        return api_key.strip()
+    return None

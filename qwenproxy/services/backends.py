@@ -1,0 +1,298 @@
+"""Upstream backends behind one interface: `complete`, `stream`, `models`.
+
+`OpenAICompatibleBackend` speaks the OpenAI chat-completions wire format to any base URL
+with some credentials; `QwenOAuthBackend` is that plus qwen-code's tokens and headers.
+Upstream URLs come from configuration only, never from a request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from qwenproxy.errors import (
+    OAuthAccessEndedError,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    upstream_error_for_status,
+)
+from qwenproxy.services.qwen_auth import QwenTokenManager
+from qwenproxy.sse import SSEDecoder, SSEEvent
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 64 * 1024
+# Headers of an upstream answer worth passing to the client.
+PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id")
+
+
+@dataclass(frozen=True)
+class UpstreamAuth:
+    """Where to send one attempt and the headers that authenticate it."""
+
+    api_base: str
+    headers: dict[str, str]
+    token: str
+
+
+class Credentials(Protocol):
+    """How a backend authenticates; implementations hold keys or OAuth tokens."""
+
+    def auth(self) -> UpstreamAuth: ...
+
+    def after_rejection(self, rejected: UpstreamAuth) -> UpstreamAuth | None:
+        """The upstream said 401/403 to `rejected`: new auth to retry with, or None."""
+        ...
+
+    def rejected_again(self, status: int, message: str) -> ProxyError:
+        """The retry was refused too: the error the client should see."""
+        ...
+
+
+class StaticKeyCredentials:
+    """An API key sent as a bearer token to one fixed base URL."""
+
+    def __init__(self, api_base: str, api_key: str, extra_headers: dict[str, str] | None = None):
+        headers = {"Authorization": f"Bearer {api_key}", **(extra_headers or {})}
+        self._auth = UpstreamAuth(api_base.rstrip("/"), headers, api_key)
+
+    def auth(self) -> UpstreamAuth:
+        return self._auth
+
+    def after_rejection(self, rejected: UpstreamAuth) -> UpstreamAuth | None:
+        return None
+
+    def rejected_again(self, status: int, message: str) -> ProxyError:
+        return upstream_error_for_status(status, message)
+
+
+class QwenOAuthCredentials:
+    """qwen-code OAuth tokens, refreshed as needed, with qwen-code's request headers."""
+
+    def __init__(self, tokens: QwenTokenManager, user_agent: str) -> None:
+        self.tokens = tokens
+        self._headers = {
+            "User-Agent": user_agent,
+            "X-DashScope-UserAgent": user_agent,
+            "X-DashScope-AuthType": "qwen-oauth",
+            "X-DashScope-CacheControl": "enable",
+        }
+
+    def _auth(self, token: str, api_base: str) -> UpstreamAuth:
+        return UpstreamAuth(api_base, {"Authorization": f"Bearer {token}", **self._headers}, token)
+
+    def auth(self) -> UpstreamAuth:
+        access = self.tokens.access()
+        return self._auth(access.token, access.api_base)
+
+    def after_rejection(self, rejected: UpstreamAuth) -> UpstreamAuth | None:
+        access = self.tokens.refresh_after_rejection(rejected.token)
+        return self._auth(access.token, access.api_base)
+
+    def rejected_again(self, status: int, message: str) -> ProxyError:
+        return OAuthAccessEndedError(
+            f"Qwen refused the OAuth account in {self.tokens.file.path} (HTTP {status}) even "
+            "with a freshly refreshed token: this account's Qwen OAuth access has ended "
+            "(Qwen's free OAuth tier was discontinued on 2026-04-15). Use an API key "
+            "instead: set DASHSCOPE_API_KEY (backend `dashscope`), or define an "
+            "OpenAI-compatible backend with BACKEND_<NAME>_BASE_URL and BACKEND_<NAME>_API_KEY, "
+            "then set LLM_BACKEND to it."
+        )
+
+
+def _error_message(response: requests.Response) -> str:
+    """The upstream's own error text, from any of the common shapes, bounded."""
+    raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) if response.raw else b""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace").strip()
+        return text[:500] or response.reason or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:2000]
+        if isinstance(error, str) and error:
+            return error[:2000]
+        if body.get("message"):
+            return str(body["message"])[:2000]
+    return raw.decode("utf-8", "replace")[:500]
+
+
+def _looks_like_auth_failure(status: int, message: str) -> bool:
+    if status in (401, 403):
+        return True
+    lowered = message.lower()
+    return status < 500 and any(
+        hint in lowered
+        for hint in ("unauthorized", "forbidden", "invalid access token", "token expired")
+    )
+
+
+class UpstreamStream:
+    """An open upstream SSE response: iterate it for events; always `close()` it."""
+
+    def __init__(self, response: requests.Response, backend: str) -> None:
+        self._response = response
+        self._backend = backend
+
+    def __iter__(self) -> Iterator[SSEEvent]:
+        decoder = SSEDecoder()
+        try:
+            for chunk in self._response.iter_content(chunk_size=None):
+                yield from decoder.feed(chunk)
+        except requests.RequestException as exc:
+            if isinstance(exc, requests.Timeout) or (
+                exc.args and isinstance(exc.args[0], ReadTimeoutError)
+            ):
+                raise UpstreamTimeoutError(
+                    f"Backend {self._backend} stopped sending mid-stream (read timeout)."
+                ) from None
+            raise UpstreamError(
+                f"The connection to backend {self._backend} broke mid-stream."
+            ) from None
+        yield from decoder.flush()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+@dataclass
+class UpstreamReply:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Backend(Protocol):
+    """What every upstream offers the pipeline."""
+
+    name: str
+
+    def models(self) -> list[str]: ...
+
+    def complete(self, body: dict[str, Any]) -> UpstreamReply: ...
+
+    def stream(self, body: dict[str, Any]) -> UpstreamStream: ...
+
+
+class OpenAICompatibleBackend:
+    """Any upstream that speaks OpenAI chat completions at `<api_base>/chat/completions`."""
+
+    def __init__(
+        self,
+        name: str,
+        http: requests.Session,
+        credentials: Credentials,
+        model_ids: list[str],
+        timeout: tuple[float, float],
+    ) -> None:
+        self.name = name
+        self._http = http
+        self.credentials = credentials
+        self._models = list(model_ids)
+        self._timeout = timeout
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def complete(self, body: dict[str, Any]) -> UpstreamReply:
+        response = self._send(body, stream=False)
+        try:
+            raw = response.content
+        except requests.RequestException as exc:
+            raise self._transport_error(exc) from None
+        finally:
+            response.close()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Backend {self.name} answered with invalid JSON.") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamError(f"Backend {self.name} answered with unexpected JSON.")
+        if "error" in parsed and "choices" not in parsed:
+            error = parsed["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError(f"Backend {self.name} failed: {message}")
+        return UpstreamReply(parsed, _passed_headers(response))
+
+    def stream(self, body: dict[str, Any]) -> UpstreamStream:
+        response = self._send(body, stream=True)
+        content_type = response.headers.get("content-type", "")
+        if "text/event-stream" not in content_type:
+            message = _error_message(response)
+            response.close()
+            raise UpstreamError(
+                f"Backend {self.name} did not answer with an event stream: {message[:300]}"
+            )
+        return UpstreamStream(response, self.name)
+
+    # --- one attempt, plus one retry after an auth refusal ------------------------------
+
+    def _send(self, body: dict[str, Any], stream: bool) -> requests.Response:
+        payload = orjson.dumps(body)
+        auth = self.credentials.auth()
+        retried = False
+        while True:
+            headers = {
+                **auth.headers,
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream" if stream else "application/json",
+            }
+            try:
+                response = self._http.post(
+                    auth.api_base + "/chat/completions",
+                    data=payload,
+                    headers=headers,
+                    stream=True,
+                    timeout=self._timeout,
+                )
+            except requests.RequestException as exc:
+                raise self._transport_error(exc) from None
+            if response.status_code < 400:
+                return response
+            status = response.status_code
+            message = _error_message(response)
+            passed = _passed_headers(response)
+            response.close()
+            log.warning("backend %s answered HTTP %s", self.name, status)
+            if _looks_like_auth_failure(status, message):
+                if retried:
+                    raise self.credentials.rejected_again(status, message)
+                fresh = self.credentials.after_rejection(auth)
+                if fresh is not None:
+                    auth, retried = fresh, True
+                    continue
+            raise upstream_error_for_status(
+                status, f"Backend {self.name}: {message}", headers=passed
+            )
+
+    def _transport_error(self, exc: requests.RequestException) -> ProxyError:
+        if isinstance(exc, requests.Timeout) or (
+            exc.args and isinstance(exc.args[0], ReadTimeoutError)
+        ):
+            return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
+        return UpstreamError(f"Could not reach backend {self.name}.")
+
+
+def _passed_headers(response: requests.Response) -> dict[str, str]:
+    headers = response.headers
+    return {name: headers[name] for name in PASSED_RESPONSE_HEADERS if name in headers}
+
+
+def qwen_oauth_backend(
+    http: requests.Session,
+    tokens: QwenTokenManager,
+    user_agent: str,
+    model_ids: list[str],
+    timeout: tuple[float, float],
+) -> OpenAICompatibleBackend:
+    return OpenAICompatibleBackend(
+        "qwen-oauth", http, QwenOAuthCredentials(tokens, user_agent), model_ids, timeout
+    )

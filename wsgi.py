@@ -1,0 +1,3 @@
+from qwenproxy import create_app
+
+app = create_app()
