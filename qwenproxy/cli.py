@@ -128,9 +128,8 @@ def cmd_auth_login(config: Config, args: argparse.Namespace) -> int:
     except ProxyError as exc:
         print(f"login failed: {exc.message}", file=sys.stderr)
         return 1
-    print(
-        f"Logged in. Credentials written to {path} (token {_time_left(creds.expiry_ms, time.time())})."
-    )
+    left = _time_left(creds.expiry_ms, time.time())
+    print(f"Logged in. Credentials written to {path} (token {left}).")
     return 0
 
 

@@ -55,7 +55,7 @@ class Message(fields.Field):
             raise ValidationError(f"`role` must be one of {', '.join(MESSAGE_ROLES)}")
         content = value.get("content")
         if content is None:
-            if role != "assistant":  # only an assistant turn (with tool_calls) may be empty
+            if role != "assistant":  # an assistant turn may be empty (e.g. only tool_calls)
                 raise ValidationError("`content` must be a string or a list of parts")
         elif isinstance(content, list):
             for part in content:

@@ -24,7 +24,8 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "worker_connections": WORKER_CONNECTIONS,
         "graceful_timeout": max(1, round(config.graceful_timeout)),
         "timeout": 60,
-        "keepalive": 75,
+        # Idle keep-alive connections hold a graceful shutdown open until they time out.
+        "keepalive": 10,
         "loglevel": config.log_level.lower(),
         "errorlog": "-",
         "accesslog": None,

@@ -89,8 +89,9 @@ def free_port() -> int:
 class ProxyProcess:
     """`python -m qwenproxy serve` (or the Procfile's gunicorn command) on a free port."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, log_path: Path,
-                 procfile: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str], cwd: Path, log_path: Path, procfile: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -104,13 +105,23 @@ class ProxyProcess:
             **env,
         }
         if procfile:
-            command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
-                       "wsgi:app"]
+            command = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "wsgi:app",
+            ]
         else:
             command = [sys.executable, "-m", "qwenproxy", "serve"]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            command, cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            command,
+            cwd=cwd,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._wait_ready()
@@ -132,12 +143,14 @@ class ProxyProcess:
         raise RuntimeError(f"proxy did not become ready:\n{self.output()}")
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def stop(self, graceful: bool = False, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful: in-flight requests finish) or SIGQUIT (quick shutdown)."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM if graceful else signal.SIGQUIT)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -24,13 +24,19 @@ Reply = Callable[["FakeUpstream", dict[str, Any]], WSGIReply]
 
 
 def _json(status: str, body: Any, headers: list[tuple[str, str]] | None = None) -> WSGIReply:
-    return status, [("Content-Type", "application/json"), *(headers or [])], [
-        json.dumps(body).encode()
-    ]
+    return (
+        status,
+        [("Content-Type", "application/json"), *(headers or [])],
+        [json.dumps(body).encode()],
+    )
 
 
-def completion(text: str = "Hello from fake", model: str = "m", usage: dict | None = None,
-               tool_calls: list | None = None) -> dict[str, Any]:
+def completion(
+    text: str = "Hello from fake",
+    model: str = "m",
+    usage: dict | None = None,
+    tool_calls: list | None = None,
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -39,8 +45,13 @@ def completion(text: str = "Hello from fake", model: str = "m", usage: dict | No
         "object": "chat.completion",
         "created": 1,
         "model": model,
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
         "usage": usage or {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
     }
 
@@ -65,8 +76,12 @@ USAGE_CHUNK = {
 }
 
 
-def sse(events: Iterable[dict[str, Any] | str], delay: float = 0.0, done: bool = True,
-        on_close: Callable[[], None] | None = None) -> Iterable[bytes]:
+def sse(
+    events: Iterable[dict[str, Any] | str],
+    delay: float = 0.0,
+    done: bool = True,
+    on_close: Callable[[], None] | None = None,
+) -> Iterable[bytes]:
     try:
         for event in events:
             payload = event if isinstance(event, str) else json.dumps(event)
@@ -80,19 +95,22 @@ def sse(events: Iterable[dict[str, Any] | str], delay: float = 0.0, done: bool =
             on_close()
 
 
-def reply_json(body: dict[str, Any], status: str = "200 OK",
-               headers: list[tuple[str, str]] | None = None) -> Reply:
+def reply_json(
+    body: dict[str, Any], status: str = "200 OK", headers: list[tuple[str, str]] | None = None
+) -> Reply:
     return lambda fake, request: _json(status, body, headers)
 
 
-def reply_error(status: int, message: str, code: str | None = None,
-                headers: list[tuple[str, str]] | None = None) -> Reply:
+def reply_error(
+    status: int, message: str, code: str | None = None, headers: list[tuple[str, str]] | None = None
+) -> Reply:
     body = {"error": {"message": message, "type": "error", "code": code}}
     return reply_json(body, f"{status} Error", headers)
 
 
-def reply_stream(events: list[dict[str, Any] | str], delay: float = 0.0,
-                 done: bool = True) -> Reply:
+def reply_stream(
+    events: list[dict[str, Any] | str], delay: float = 0.0, done: bool = True
+) -> Reply:
     def reply(fake: FakeUpstream, request: dict[str, Any]) -> WSGIReply:
         return "200 OK", [("Content-Type", "text/event-stream")], sse(events, delay, done)
 
@@ -109,8 +127,11 @@ def reply_endless_stream(interval: float = 0.02) -> Reply:
             yield chunk({"content": f"tick {n} "})
 
     def reply(fake: FakeUpstream, request: dict[str, Any]) -> WSGIReply:
-        return ("200 OK", [("Content-Type", "text/event-stream")],
-                sse(events(), interval, on_close=fake.stream_closed.set))
+        return (
+            "200 OK",
+            [("Content-Type", "text/event-stream")],
+            sse(events(), interval, on_close=fake.stream_closed.set),
+        )
 
     return reply
 
@@ -189,14 +210,17 @@ class FakeUpstream:
         if path == "/api/v1/oauth2/token":
             status, hdrs, body = self._token(urllib.parse.parse_qs(raw.decode()))
         elif path == "/api/v1/oauth2/device/code":
-            status, hdrs, body = _json("200 OK", {
-                "device_code": "dev-code-1",
-                "user_code": "ABCD-1234",
-                "verification_uri": f"{self.url}/authorize",
-                "verification_uri_complete": f"{self.url}/authorize?user_code=ABCD-1234",
-                "expires_in": 60,
-                "interval": 0.01,
-            })
+            status, hdrs, body = _json(
+                "200 OK",
+                {
+                    "device_code": "dev-code-1",
+                    "user_code": "ABCD-1234",
+                    "verification_uri": f"{self.url}/authorize",
+                    "verification_uri_complete": f"{self.url}/authorize?user_code=ABCD-1234",
+                    "expires_in": 60,
+                    "interval": 0.01,
+                },
+            )
         elif path == "/v1/chat/completions":
             status, hdrs, body = self._chat(headers, raw)
         elif path == "/v1/models":
@@ -218,8 +242,10 @@ class FakeUpstream:
             if self.refresh_delay:
                 gevent.sleep(self.refresh_delay)
             if mode == "dead" or fields.get("refresh_token") not in self.valid_refresh_tokens:
-                return _json("400 Bad Request", {"error": "invalid_grant",
-                                                 "error_description": "refresh token expired"})
+                return _json(
+                    "400 Bad Request",
+                    {"error": "invalid_grant", "error_description": "refresh token expired"},
+                )
             if mode == "error":
                 return _json("500 Internal Server Error", {"error": "server_error"})
             return _json("200 OK", self._issue())
@@ -238,8 +264,12 @@ class FakeUpstream:
             token, refresh = f"tok-{self._issued}", f"refresh-{self._issued}"
             self.valid_tokens.add(token)
             self.valid_refresh_tokens.add(refresh)
-        return {"access_token": token, "token_type": "Bearer", "expires_in": 3600,
-                "refresh_token": refresh}
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "refresh_token": refresh,
+        }
 
     def _chat(self, headers: dict[str, str], raw: bytes) -> WSGIReply:
         try:
@@ -251,9 +281,16 @@ class FakeUpstream:
             self.chat_requests.append(request)
         token = headers.get("authorization", "").removeprefix("Bearer ")
         if self.reject_every_token or token not in self.valid_tokens:
-            return _json("401 Unauthorized", {"error": {
-                "message": "invalid access token or token expired",
-                "type": "invalid_request_error", "code": "invalid_api_key"}})
+            return _json(
+                "401 Unauthorized",
+                {
+                    "error": {
+                        "message": "invalid access token or token expired",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
         with self._lock:
             reply = self.script.popleft() if self.script else default_reply
         return reply(self, request)

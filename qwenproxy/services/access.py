@@ -40,9 +40,11 @@ class ClientAccess:
 
     def client_address(self, remote_addr: str | None, headers: Mapping[str, str]) -> str | None:
         if self._trust_proxy_headers:
+            # The last entry is the one our trusted reverse proxy added; earlier ones
+            # are whatever the client claimed.
             forwarded = headers.get("X-Forwarded-For")
             if forwarded:
-                return forwarded.split(",", 1)[0].strip()
+                return forwarded.rsplit(",", 1)[-1].strip()
         return remote_addr
 
     def check(self, headers: Mapping[str, str], remote_addr: str | None) -> str:

@@ -26,6 +26,7 @@ import requests
 from qwenproxy.errors import (
     LoginRequiredError,
     ProxyError,
+    RateLimitError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -233,7 +234,12 @@ class QwenTokenManager:
         }
         answer = self._post_form(form, "token refresh")
         status, body = answer
-        if status in (400, 401) or (isinstance(body, dict) and "error" in body and status < 500):
+        if status == 429:
+            raise RateLimitError(
+                "Qwen is rate-limiting token refreshes; try again in a minute.",
+                code="qwen_oauth_refresh_rate_limited",
+            )
+        if status in (400, 401):
             raise LoginRequiredError(
                 f"Qwen rejected the refresh token in {self.file.path}: the login has expired "
                 f"or was revoked. To log in again, {LOGIN_HINT}. The credentials file was "

@@ -31,6 +31,22 @@ def api_base_from_resource_url(resource_url: str | None, fallback: str) -> str:
     return base
 
 
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class QwenCredentials:
     """One snapshot of the creds file. `raw` keeps every field, known or not."""
@@ -70,11 +86,10 @@ class QwenCredentials:
                 f"Qwen OAuth credentials file {path} does not hold a JSON object; {LOGIN_HINT}."
             )
         missing = [
-            f
-            for f in REQUIRED_FIELDS
-            if not (isinstance(raw.get(f), str) and raw.get(f))
-            and not (f == "expiry_date" and isinstance(raw.get(f), (int, float)))
+            f for f in REQUIRED_FIELDS if f != "expiry_date" and not _nonempty_str(raw.get(f))
         ]
+        if not _is_number(raw.get("expiry_date")):
+            missing.append("a numeric expiry_date")
         if missing:
             raise CredentialsMissingError(
                 f"Qwen OAuth credentials file {path} lacks {', '.join(missing)}; {LOGIN_HINT}."

@@ -1,0 +1,331 @@
+"""POST /v1/chat/completions through the Flask app against the fake upstream."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from qwenproxy import __version__, create_app
+from tests.fake_upstream import (
+    USAGE_CHUNK,
+    chunk,
+    reply_error,
+    reply_hang,
+    reply_stream,
+)
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def post(client, body, **kwargs):
+    return client.post("/v1/chat/completions", json=body, **kwargs)
+
+
+def sse_payloads(response) -> list[str]:
+    text = response.get_data(as_text=True)
+    assert text.endswith("\n\n")
+    return [frame[len("data: ") :] for frame in text.split("\n\n") if frame.startswith("data: ")]
+
+
+def test_non_stream_answer_reaches_client_with_upstream_model_name(client, fake):
+    response = post(client, {"model": "qwen-oauth:qwen3-coder-plus", "messages": USER})
+    assert response.status_code == 200
+    assert response.json["choices"][0]["message"]["content"] == "Hello from fake"
+    assert response.headers["X-Qwenproxy-Backend"] == "qwen-oauth"
+    assert response.headers["X-Qwenproxy-Model"] == "qwen3-coder-plus"
+    sent = fake.chat_requests[-1]
+    assert sent["body"]["model"] == "qwen3-coder-plus"
+    assert sent["body"]["messages"] == USER
+
+
+def test_upstream_gets_qwen_headers_and_bearer_token(client, fake):
+    post(client, {"model": "qwen3-coder-plus", "messages": USER})
+    headers = fake.chat_requests[-1]["headers"]
+    assert headers["authorization"] == "Bearer tok-initial"
+    assert headers["x-dashscope-authtype"] == "qwen-oauth"
+    assert headers["x-dashscope-cachecontrol"] == "enable"
+    assert headers["user-agent"] == f"qwenproxy/{__version__}"
+    assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "model, upstream_model",
+    [
+        ("qwen-oauth/qwen3-coder-flash", "qwen3-coder-flash"),
+        ("qwen3-coder-plus", "qwen3-coder-plus"),
+        ("", "qwen3-coder-plus"),
+        (None, "qwen3-coder-plus"),
+        ("qwen-oauth", "qwen3-coder-plus"),
+        ("some-future-model", "some-future-model"),
+        ("qwen/qwen3-coder", "qwen/qwen3-coder"),
+    ],
+)
+def test_model_names_route_to_the_upstream_model(client, fake, model, upstream_model):
+    body = {"messages": USER}
+    if model is not None:
+        body["model"] = model
+    assert post(client, body).status_code == 200
+    assert fake.chat_requests[-1]["body"]["model"] == upstream_model
+
+
+def test_unknown_backend_prefix_is_404_listing_known_backends(client, fake):
+    response = post(client, {"model": "nosuch:model", "messages": USER})
+    assert response.status_code == 404
+    error = response.json["error"]
+    assert error["code"] == "model_not_found"
+    assert "qwen-oauth" in error["message"]
+    assert fake.chat_requests == []
+
+
+def test_unknown_fields_pass_through_untouched(client, fake):
+    extra = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
+        "parallel_tool_calls": False,
+        "user": "u1",
+        "n": 1,
+        "seed": 42,
+    }
+    post(client, {"model": "qwen3-coder-plus", "messages": USER, **extra})
+    sent = fake.chat_requests[-1]["body"]
+    for key, value in extra.items():
+        assert sent[key] == value
+
+
+def test_several_system_messages_are_merged_into_one_leading_string(client, fake):
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You are terse."}]},
+        {"role": "user", "content": "hi"},
+        {"role": "developer", "content": "Answer in English."},
+        {"role": "assistant", "content": "hello"},
+        {"role": "system", "content": "Never apologise."},
+        {"role": "user", "content": "again"},
+    ]
+    post(client, {"model": "qwen3-coder-plus", "messages": messages})
+    sent = fake.chat_requests[-1]["body"]["messages"]
+    assert sent[0] == {
+        "role": "system",
+        "content": "You are terse.\n\nAnswer in English.\n\nNever apologise.",
+    }
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+
+
+def test_stream_passes_each_event_through_and_ends_with_done(client, fake):
+    response = post(client, {"model": "qwen3-coder-plus", "messages": USER, "stream": True})
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    payloads = sse_payloads(response)
+    assert payloads[-1] == "[DONE]"
+    text = "".join(json.loads(p)["choices"][0]["delta"].get("content", "") for p in payloads[:-1])
+    assert text == "Hello from fake"
+
+
+def test_stream_include_usage_sends_final_usage_chunk(client, fake):
+    body = {
+        "model": "qwen3-coder-plus",
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    payloads = sse_payloads(post(client, body))
+    last = json.loads(payloads[-2])
+    assert last["choices"] == []
+    assert last["usage"] == USAGE_CHUNK["usage"]
+    assert fake.chat_requests[-1]["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_streamed_tool_call_deltas_get_an_index_when_upstream_omits_it(client, fake):
+    fake.script.append(
+        reply_stream(
+            [
+                chunk({"role": "assistant", "content": None}),
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "read", "arguments": ""},
+                            }
+                        ]
+                    }
+                ),
+                chunk({"tool_calls": [{"function": {"arguments": '{"path": '}}]}),
+                chunk({"tool_calls": [{"function": {"arguments": '"a.py"}'}}]}),
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "id": "call_2",
+                                "type": "function",
+                                "function": {"name": "ls", "arguments": "{}"},
+                            }
+                        ]
+                    }
+                ),
+                chunk({}, finish="tool_calls"),
+            ]
+        )
+    )
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    indexes = [
+        call["index"]
+        for p in payloads[:-1]
+        for call in json.loads(p)["choices"][0]["delta"].get("tool_calls") or []
+    ]
+    assert indexes == [0, 0, 0, 1]
+
+
+def test_error_after_stream_started_becomes_an_sse_error_frame(client, fake):
+    fake.script.append(reply_stream([chunk({"content": "partial"})], done=False))
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == "partial"
+    error = json.loads(payloads[-1])["error"]
+    assert error["code"] == "upstream_error"
+    assert "[DONE]" not in payloads
+
+
+def test_upstream_error_event_mid_stream_is_passed_on_without_done(client, fake):
+    fake.script.append(
+        reply_stream([chunk({"content": "a"}), {"error": {"message": "overloaded"}}], done=False)
+    )
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    assert json.loads(payloads[-1]) == {"error": {"message": "overloaded"}}
+    assert "[DONE]" not in payloads
+
+
+def test_malformed_stream_event_from_upstream_is_a_clean_error_frame(client, fake):
+    fake.script.append(reply_stream(["{not json"]))
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    assert json.loads(payloads[-1])["error"]["code"] == "upstream_error"
+
+
+def test_upstream_4xx_keeps_status_and_message(client, fake):
+    fake.script.append(reply_error(400, "Range of max_tokens should be [1, 8192]"))
+    response = post(client, {"messages": USER, "max_tokens": 99999})
+    assert response.status_code == 400
+    assert "Range of max_tokens" in response.json["error"]["message"]
+
+
+def test_upstream_429_passes_retry_after_through(client, fake):
+    fake.script.append(reply_error(429, "slow down", headers=[("Retry-After", "17")]))
+    response = post(client, {"messages": USER})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "17"
+    assert response.json["error"]["type"] == "rate_limit_error"
+
+
+def test_upstream_429_before_a_stream_is_a_429_not_a_stream(client, fake):
+    fake.script.append(reply_error(429, "quota", code="insufficient_quota"))
+    response = post(client, {"messages": USER, "stream": True})
+    assert response.status_code == 429
+    assert response.json["error"]["message"].endswith("quota")
+
+
+def test_upstream_5xx_is_502(client, fake):
+    fake.script.append(reply_error(500, "boom"))
+    response = post(client, {"messages": USER})
+    assert response.status_code == 502
+    assert response.json["error"]["code"] == "upstream_error"
+
+
+def test_upstream_refusing_connections_is_502(make_config):
+    app = create_app(make_config(qwen_api_base="http://127.0.0.1:9"))
+    # resource_url in the creds file wins over QWEN_API_BASE; point it at a closed port.
+    creds_file = app.extensions["qwenproxy"].token_managers[0].file
+    raw = json.loads(creds_file.path.read_text())
+    raw["resource_url"] = "http://127.0.0.1:9"
+    creds_file.path.write_text(json.dumps(raw))
+    response = post(app.test_client(), {"messages": USER})
+    assert response.status_code == 502
+    assert "Could not reach backend qwen-oauth" in response.json["error"]["message"]
+
+
+def test_hung_upstream_is_504(make_config, fake):
+    fake.script.append(reply_hang(3))
+    client = create_app(make_config(upstream_read_timeout=0.5)).test_client()
+    started = time.monotonic()
+    response = post(client, {"messages": USER})
+    assert response.status_code == 504
+    assert response.json["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2.5
+
+
+def test_upstream_answering_invalid_json_is_502(client, fake):
+    fake.script.append(lambda f, r: ("200 OK", [("Content-Type", "application/json")], [b"<html>"]))
+    response = post(client, {"messages": USER})
+    assert response.status_code == 502
+    assert "invalid JSON" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "raw, content_type, status, param",
+    [
+        (b"{not json", "application/json", 400, None),
+        (b"", "application/json", 400, None),
+        (b"[1, 2]", "application/json", 400, None),
+        (b'{"model": "x"}', "application/json", 400, "messages"),
+        (b'{"messages": []}', "application/json", 400, "messages"),
+        (b'{"messages": "hi"}', "application/json", 400, "messages"),
+        (b'{"messages": [{"role": "user"}]}', "application/json", 400, "messages[0]"),
+        (b'{"messages": [{"role": 1, "content": "x"}]}', "application/json", 400, "messages[0]"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "text/plain",
+            400,
+            "stream",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "model": 7}',
+            "application/json",
+            400,
+            "model",
+        ),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            "application/json",
+            400,
+            "temperature",
+        ),
+        (b'\xff\xfe{"messages"', "application/json", 400, None),
+    ],
+)
+def test_malformed_requests_get_openai_shaped_4xx(client, fake, raw, content_type, status, param):
+    response = client.post("/v1/chat/completions", data=raw, content_type=content_type)
+    assert response.status_code == status
+    error = response.json["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert fake.chat_requests == []
+
+
+def test_body_over_max_body_bytes_is_413(make_config, fake):
+    client = create_app(make_config(max_body_bytes=2048)).test_client()
+    response = post(client, {"messages": [{"role": "user", "content": "x" * 5000}]})
+    assert response.status_code == 413
+    assert response.json["error"]["code"] == "request_too_large"
+    assert fake.chat_requests == []
+
+
+def test_missing_credentials_is_503_naming_path_and_login(make_config, tmp_path, fake):
+    missing = tmp_path / "nowhere" / "oauth_creds.json"
+    client = create_app(make_config(qwen_oauth_creds=(missing,))).test_client()
+    response = post(client, {"messages": USER})
+    assert response.status_code == 503
+    error = response.json["error"]
+    assert error["code"] == "qwen_oauth_credentials_missing"
+    assert str(missing) in error["message"]
+    assert "auth login" in error["message"]
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    response = client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json["error"]["code"] == "not_found"
+    response = client.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert response.json["error"]["type"] == "invalid_request_error"

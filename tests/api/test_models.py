@@ -1,0 +1,42 @@
+"""GET /v1/models, /v1/models/<id> and /health."""
+
+from __future__ import annotations
+
+from qwenproxy import create_app
+
+
+def test_models_lists_qwen_oauth_models_owned_by_the_backend(client, fake):
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    assert response.json["object"] == "list"
+    ids = {entry["id"]: entry for entry in response.json["data"]}
+    for name in (
+        "qwen3-coder-plus",
+        "qwen3-coder-flash",
+        "qwen-turbo",
+        "qwen-plus",
+        "qwen-max",
+        "qwen2.5-coder-32b-instruct",
+        "qwen2.5-72b-instruct",
+    ):
+        assert ids[f"qwen-oauth:{name}"]["owned_by"] == "qwen-oauth"
+        assert ids[f"qwen-oauth:{name}"]["object"] == "model"
+    assert fake.chat_requests == []
+
+
+def test_model_detail_by_qualified_or_bare_name(client):
+    assert client.get("/v1/models/qwen-oauth:qwen3-coder-plus").json["id"] == (
+        "qwen-oauth:qwen3-coder-plus"
+    )
+    assert client.get("/v1/models/qwen3-coder-flash").json["id"] == "qwen-oauth:qwen3-coder-flash"
+    missing = client.get("/v1/models/no-such-model")
+    assert missing.status_code == 404
+    assert missing.json["error"]["code"] == "model_not_found"
+
+
+def test_health_needs_no_key_and_no_upstream(make_config, fake):
+    client = create_app(make_config(proxy_api_keys=("k1",))).test_client()
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+    assert fake.chat_requests == [] and fake.token_requests == []

@@ -1,0 +1,223 @@
+"""Config.from_env: environment beats .env beats defaults; invalid values name the variable."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from qwenproxy.config import (
+    DASHSCOPE_CN_BASE_URL,
+    QWEN_OAUTH_BASE_URL,
+    SETTINGS,
+    Config,
+    ConfigError,
+)
+
+ALL_VARIABLES = [s.env for s in SETTINGS]
+
+
+@pytest.fixture(autouse=True)
+def fake_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`~` expands to a directory of the test's own, never the developer's home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def write_dotenv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return path
+
+
+def test_defaults(tmp_path: Path, fake_home: Path) -> None:
+    config = Config.from_env(environ={}, dotenv_path=tmp_path / "absent.env")
+    assert config.host == "127.0.0.1"
+    assert config.port == 8000
+    assert config.workers == 1
+    assert config.proxy_api_keys == ()
+    assert config.client_auth_enabled is False
+    assert config.llm_backend == "qwen-oauth"
+    assert config.default_model == "qwen3-coder-plus"
+    assert config.qwen_oauth_creds == (fake_home / ".qwen" / "oauth_creds.json",)
+    assert config.qwen_oauth_url == QWEN_OAUTH_BASE_URL == "https://chat.qwen.ai"
+    assert config.qwen_api_base == DASHSCOPE_CN_BASE_URL
+    assert config.qwen_user_agent is None
+    assert config.upstream_connect_timeout == 10.0
+    assert config.upstream_read_timeout == 300.0
+    assert config.max_body_bytes == 10 * 1024 * 1024
+    assert config.trust_proxy_headers is False
+    assert config.graceful_timeout == 30.0
+    assert config.log_level == "INFO"
+    assert config.log_level_number == 20
+    assert dict(config.sources) == {name: "default" for name in ALL_VARIABLES}
+
+
+def test_defaults_agree_with_the_dataclass_defaults() -> None:
+    # Config() (used by tests and code that builds a Config by hand) must mean the same
+    # thing as an empty environment.
+    # (The dataclass default for the creds path was expanded at import time with the real
+    # HOME, which this module replaces; everything else must be equal.)
+    from_env = Config.from_env(environ={}, dotenv_path=None)
+    by_hand = Config()
+    assert replace(from_env, qwen_oauth_creds=()) == replace(by_hand, qwen_oauth_creds=())
+    assert by_hand.qwen_oauth_creds[0].parts[-2:] == (".qwen", "oauth_creds.json")
+
+
+def test_environment_beats_dotenv_beats_defaults(tmp_path: Path) -> None:
+    dotenv = write_dotenv(
+        tmp_path,
+        "PORT=9001\nLOG_LEVEL=debug\nDEFAULT_MODEL=from-dotenv\n# a comment\n",
+    )
+    config = Config.from_env(environ={"PORT": "9002", "HOST": "0.0.0.0"}, dotenv_path=dotenv)
+    assert config.port == 9002  # env wins over .env
+    assert config.host == "0.0.0.0"  # env only
+    assert config.log_level == "DEBUG"  # .env only
+    assert config.default_model == "from-dotenv"
+    assert config.workers == 1  # neither: default
+    assert config.sources["PORT"] == "env"
+    assert config.sources["HOST"] == "env"
+    assert config.sources["LOG_LEVEL"] == ".env"
+    assert config.sources["DEFAULT_MODEL"] == ".env"
+    assert config.sources["WEB_CONCURRENCY"] == "default"
+    assert config.sources["PROXY_API_KEY"] == "default"
+
+
+def test_dotenv_quoting_and_export_syntax(tmp_path: Path) -> None:
+    dotenv = write_dotenv(
+        tmp_path, "export PROXY_API_KEY=\"k1,k2\"\nQWEN_USER_AGENT='my agent/1.0'\n"
+    )
+    config = Config.from_env(environ={}, dotenv_path=dotenv)
+    assert config.proxy_api_keys == ("k1", "k2")
+    assert config.qwen_user_agent == "my agent/1.0"
+    assert config.sources["PROXY_API_KEY"] == ".env"
+
+
+def test_missing_dotenv_file_is_fine(tmp_path: Path) -> None:
+    config = Config.from_env(environ={"PORT": "1234"}, dotenv_path=tmp_path / "nope" / ".env")
+    assert config.port == 1234
+
+
+def test_environment_value_that_is_empty_still_counts_as_set(tmp_path: Path) -> None:
+    # An empty PROXY_API_KEY in the environment overrides the .env one (env beats .env).
+    dotenv = write_dotenv(tmp_path, "PROXY_API_KEY=secret\n")
+    config = Config.from_env(environ={"PROXY_API_KEY": ""}, dotenv_path=dotenv)
+    assert config.sources["PROXY_API_KEY"] == "env"
+    assert config.proxy_api_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "0"),
+        ("PORT", "65536"),
+        ("PORT", "80.5"),
+        ("WEB_CONCURRENCY", "0"),
+        ("UPSTREAM_READ_TIMEOUT", "-1"),
+        ("UPSTREAM_READ_TIMEOUT", "0"),
+        ("UPSTREAM_CONNECT_TIMEOUT", "soon"),
+        ("UPSTREAM_CONNECT_TIMEOUT", "nan"),
+        ("GRACEFUL_TIMEOUT", "-5"),
+        ("MAX_BODY_BYTES", "10"),
+        ("LOG_LEVEL", "LOUD"),
+        ("LLM_BACKEND", "nope"),
+        ("QWEN_OAUTH_URL", "ftp://x"),
+        ("QWEN_OAUTH_URL", "chat.qwen.ai"),
+        ("QWEN_API_BASE", "https://"),
+        ("TRUST_PROXY_HEADERS", "maybe"),
+        ("HOST", "   "),
+        ("DEFAULT_MODEL", ""),
+        ("PROXY_API_KEY", "good,has space"),
+    ],
+)
+def test_invalid_value_raises_config_error_naming_the_variable(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={variable: value}, dotenv_path=None)
+    assert caught.value.variable == variable
+    assert variable in str(caught.value)
+
+
+def test_invalid_value_in_dotenv_names_the_variable(tmp_path: Path) -> None:
+    dotenv = write_dotenv(tmp_path, "PORT=eighty\n")
+    with pytest.raises(ConfigError, match="PORT"):
+        Config.from_env(environ={}, dotenv_path=dotenv)
+
+
+def test_invalid_dotenv_value_is_ignored_when_environment_overrides_it(tmp_path: Path) -> None:
+    dotenv = write_dotenv(tmp_path, "PORT=eighty\n")
+    assert Config.from_env(environ={"PORT": "8080"}, dotenv_path=dotenv).port == 8080
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
+def test_boolean_values(raw: str, expected: bool) -> None:
+    config = Config.from_env(environ={"TRUST_PROXY_HEADERS": raw}, dotenv_path=None)
+    assert config.trust_proxy_headers is expected
+
+
+def test_numbers_and_normalisation() -> None:
+    config = Config.from_env(
+        environ={
+            "PORT": " 8443 ",
+            "UPSTREAM_READ_TIMEOUT": "2.5",
+            "LOG_LEVEL": "warning",
+            "LLM_BACKEND": "QWEN-OAUTH",
+            "QWEN_OAUTH_URL": "http://127.0.0.1:9000/",
+        },
+        dotenv_path=None,
+    )
+    assert config.port == 8443
+    assert config.upstream_read_timeout == 2.5
+    assert config.log_level == "WARNING"
+    assert config.llm_backend == "qwen-oauth"
+    assert config.qwen_oauth_url == "http://127.0.0.1:9000"  # trailing slash dropped
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("only-key", ("only-key",)),
+        ("k1,k2", ("k1", "k2")),
+        (" k1 , k2 ,, k3, ", ("k1", "k2", "k3")),
+        ("", ()),
+        (" , ", ()),
+    ],
+)
+def test_proxy_api_key_comma_list(raw: str, expected: tuple[str, ...]) -> None:
+    config = Config.from_env(environ={"PROXY_API_KEY": raw}, dotenv_path=None)
+    assert config.proxy_api_keys == expected
+    assert config.client_auth_enabled is bool(expected)
+
+
+def test_qwen_oauth_creds_comma_list_and_home_expansion(fake_home: Path, tmp_path: Path) -> None:
+    raw = f"~/.qwen/oauth_creds.json, {tmp_path}/second.json ,,~/third.json"
+    config = Config.from_env(environ={"QWEN_OAUTH_CREDS": raw}, dotenv_path=None)
+    assert config.qwen_oauth_creds == (
+        fake_home / ".qwen" / "oauth_creds.json",
+        tmp_path / "second.json",
+        fake_home / "third.json",
+    )
+    assert all("~" not in str(p) for p in config.qwen_oauth_creds)
+
+
+@pytest.mark.parametrize("raw", ["", " , "])
+def test_qwen_oauth_creds_needs_at_least_one_path(raw: str) -> None:
+    with pytest.raises(ConfigError, match="QWEN_OAUTH_CREDS"):
+        Config.from_env(environ={"QWEN_OAUTH_CREDS": raw}, dotenv_path=None)
