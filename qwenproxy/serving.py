@@ -5,18 +5,70 @@ sockets or pulls in `ssl`: gunicorn's master must stay unpatched-safe for gevent
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from qwenproxy.config import Config
 
 WORKER_CONNECTIONS = 4000  # concurrent connections per gevent worker
+METRICS_DIRNAME = "metrics"  # under the data dir: the workers' Prometheus value files
+# prometheus_client reads this when its metric values are created (in the workers).
+PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The per-process files of gauges whose multiprocess mode starts with "live" (see
+# prometheus_client.multiprocess.mark_process_dead, which this mirrors).
+_LIVE_GAUGE_FILES = ("liveall", "livemin", "livemax", "livesum", "livemostrecent")
 
 
 def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def metrics_dir(data_dir: Path) -> Path:
+    """Where gunicorn's workers keep their Prometheus values (multiprocess mode)."""
+    return Path(data_dir).expanduser().resolve() / METRICS_DIRNAME
+
+
+def prepare_metrics_dir(directory: Path) -> None:
+    """Master, before any worker starts: empty the directory (counters start at zero with
+    the server) and point prometheus_client in the workers, which inherit it, at it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob("*.db"):
+        leftover.unlink(missing_ok=True)
+    os.environ[PROMETHEUS_MULTIPROC_ENV] = str(directory)
+
+
+def mark_worker_dead(directory: Path, pid: int) -> None:
+    """Master, after a worker exited: drop its live gauges (open streams), keep its counters.
+
+    Does what `prometheus_client.multiprocess.mark_process_dead(pid, directory)` does
+    without importing prometheus_client, which imports `ssl`, into the master: workers
+    forked afterwards would then warn that gevent patched `ssl` too late.
+    """
+    for mode in _LIVE_GAUGE_FILES:
+        (directory / f"gauge_{mode}_{pid}.db").unlink(missing_ok=True)
+
+
+def close_worker_services(worker: Any) -> None:
+    """Worker, on its way out: write the usage rows still queued."""
+    services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("qwenproxy")
+    ledger = getattr(services, "ledger", None)
+    if ledger is not None:
+        ledger.close()
+
+
 def gunicorn_settings(config: Config) -> dict[str, Any]:
+    directory = metrics_dir(config.data_dir)
+
+    def on_starting(server: Any) -> None:
+        prepare_metrics_dir(directory)
+
+    def child_exit(server: Any, worker: Any) -> None:
+        mark_worker_dead(directory, worker.pid)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        close_worker_services(worker)
+
     return {
         "bind": [bind_address(config.host, config.port)],
         "workers": config.workers,
@@ -30,6 +82,9 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "errorlog": "-",
         "accesslog": None,
         "proc_name": "qwenproxy",
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+        "worker_exit": worker_exit,
     }
 
 

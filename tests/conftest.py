@@ -56,7 +56,7 @@ def creds_path(tmp_path: Path, fake: FakeUpstream) -> Path:
 
 
 @pytest.fixture
-def make_config(creds_path: Path, fake: FakeUpstream) -> Callable[..., Config]:
+def make_config(creds_path: Path, fake: FakeUpstream, tmp_path: Path) -> Callable[..., Config]:
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {
             "qwen_oauth_creds": (creds_path,),
@@ -64,6 +64,8 @@ def make_config(creds_path: Path, fake: FakeUpstream) -> Callable[..., Config]:
             "qwen_api_base": fake.api_base,
             "upstream_read_timeout": 5.0,
             "upstream_connect_timeout": 2.0,
+            "data_dir": tmp_path / "data",
+            "stream_keepalive": 30.0,
         }
         values.update(overrides)
         return Config(**values)

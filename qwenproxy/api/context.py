@@ -1,10 +1,13 @@
-"""What views share: the services of the current app and the client check."""
+"""What views share: the services of the current app, the client check, and the
+per-request context (client, session) handed to the pipeline."""
 
 from __future__ import annotations
 
 from flask import current_app, g, request
 
+from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.container import Services
+from qwenproxy.services.sessions import session_id_for
 
 
 def services() -> Services:
@@ -14,3 +17,8 @@ def services() -> Services:
 def require_client() -> None:
     """`before_request` hook of the API blueprints: 401/403 unless the client may pass."""
     g.client_id = services().access.check(request.headers, request.remote_addr)
+
+
+def request_context() -> RequestContext:
+    client_id = g.client_id
+    return RequestContext(client_id, session_id_for(client_id, request.headers.get("X-Session-ID")))

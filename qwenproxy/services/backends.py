@@ -7,8 +7,10 @@ Upstream URLs come from configuration only, never from a request.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +25,7 @@ from qwenproxy.errors import (
     UpstreamTimeoutError,
     upstream_error_for_status,
 )
+from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
 from qwenproxy.sse import SSEDecoder, SSEEvent
 
@@ -59,9 +62,13 @@ class Credentials(Protocol):
 class StaticKeyCredentials:
     """An API key sent as a bearer token to one fixed base URL."""
 
-    def __init__(self, api_base: str, api_key: str, extra_headers: dict[str, str] | None = None):
-        headers = {"Authorization": f"Bearer {api_key}", **(extra_headers or {})}
-        self._auth = UpstreamAuth(api_base.rstrip("/"), headers, api_key)
+    def __init__(
+        self, api_base: str, api_key: str | None, extra_headers: dict[str, str] | None = None
+    ) -> None:
+        headers = dict(extra_headers or {})
+        if api_key:  # keyless upstreams (a local vLLM, say) get no Authorization header
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._auth = UpstreamAuth(api_base.rstrip("/"), headers, api_key or "")
 
     def auth(self) -> UpstreamAuth:
         return self._auth
@@ -101,29 +108,30 @@ class QwenOAuthCredentials:
             f"Qwen refused the OAuth account in {self.tokens.file.path} (HTTP {status}) even "
             "with a freshly refreshed token: this account's Qwen OAuth access has ended "
             "(Qwen's free OAuth tier was discontinued on 2026-04-15). Use an API key "
-            "instead: set DASHSCOPE_API_KEY (backend `dashscope`), or define an "
-            "OpenAI-compatible backend with BACKEND_<NAME>_BASE_URL and BACKEND_<NAME>_API_KEY, "
-            "then set LLM_BACKEND to it."
+            f"backend instead and set LLM_BACKEND to it — {key_backends_hint()}. "
+            "`python -m qwenproxy doctor` checks the result."
         )
 
 
-def _error_message(response: requests.Response) -> str:
-    """The upstream's own error text, from any of the common shapes, bounded."""
+def _error_detail(response: requests.Response) -> tuple[str, str | None]:
+    """(message, code) of an upstream error answer, from any of the common shapes."""
     raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) if response.raw else b""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
-        return text[:500] or response.reason or f"HTTP {response.status_code}"
+        return text[:500] or response.reason or f"HTTP {response.status_code}", None
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])[:2000]
+            code = error.get("code") or error.get("type")
+            return str(error["message"])[:2000], str(code) if code else None
         if isinstance(error, str) and error:
-            return error[:2000]
+            return error[:2000], None
         if body.get("message"):
-            return str(body["message"])[:2000]
-    return raw.decode("utf-8", "replace")[:500]
+            code = body.get("code")
+            return str(body["message"])[:2000], str(code) if code else None
+    return raw.decode("utf-8", "replace")[:500], None
 
 
 def _looks_like_auth_failure(status: int, message: str) -> bool:
@@ -177,33 +185,75 @@ class Backend(Protocol):
 
     def models(self) -> list[str]: ...
 
-    def complete(self, body: dict[str, Any]) -> UpstreamReply: ...
+    def upstream_model(self, name: str) -> str: ...
 
-    def stream(self, body: dict[str, Any]) -> UpstreamStream: ...
+    def account_order(self, include_paused: bool = False) -> list[int]: ...
+
+    def cool_down(self, account: int, seconds: float) -> None: ...
+
+    def seconds_until_ready(self) -> float: ...
+
+    def complete(self, body: dict[str, Any], account: int = 0) -> UpstreamReply: ...
+
+    def stream(self, body: dict[str, Any], account: int = 0) -> UpstreamStream: ...
 
 
 class OpenAICompatibleBackend:
-    """Any upstream that speaks OpenAI chat completions at `<api_base>/chat/completions`."""
+    """Any upstream that speaks OpenAI chat completions at `<api_base>/chat/completions`,
+    with one or more accounts (API keys or OAuth logins) used in rotation."""
 
     def __init__(
         self,
         name: str,
         http: requests.Session,
-        credentials: Credentials,
-        model_ids: list[str],
+        accounts: Sequence[Credentials],
+        catalog: ModelCatalog,
         timeout: tuple[float, float],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not accounts:
+            raise ValueError(f"backend {name} needs at least one account")
         self.name = name
         self._http = http
-        self.credentials = credentials
-        self._models = list(model_ids)
+        self.accounts = list(accounts)
+        self.catalog = catalog
         self._timeout = timeout
+        self._clock = clock
+        self._cooldown_until = [0.0] * len(self.accounts)
+        self._rotation = itertools.count()
+
+    # --- models ---------------------------------------------------------------------
 
     def models(self) -> list[str]:
-        return list(self._models)
+        return self.catalog.listed()
 
-    def complete(self, body: dict[str, Any]) -> UpstreamReply:
-        response = self._send(body, stream=False)
+    def upstream_model(self, name: str) -> str:
+        return self.catalog.upstream_name(name)
+
+    # --- accounts -------------------------------------------------------------------
+
+    def account_order(self, include_paused: bool = False) -> list[int]:
+        """Accounts to try for the next request: rotated; paused ones left out unless asked."""
+        count = len(self.accounts)
+        start = next(self._rotation) % count if count > 1 else 0
+        now = self._clock()
+        return [
+            i
+            for i in ((start + k) % count for k in range(count))
+            if include_paused or self._cooldown_until[i] <= now
+        ]
+
+    def cool_down(self, account: int, seconds: float) -> None:
+        self._cooldown_until[account] = max(self._cooldown_until[account], self._clock() + seconds)
+        log.warning("backend %s account %d paused for %.0f s", self.name, account, seconds)
+
+    def seconds_until_ready(self) -> float:
+        return max(0.0, min(self._cooldown_until) - self._clock())
+
+    # --- calls ----------------------------------------------------------------------
+
+    def complete(self, body: dict[str, Any], account: int = 0) -> UpstreamReply:
+        response = self._send(body, stream=False, account=account)
         try:
             raw = response.content
         except requests.RequestException as exc:
@@ -222,11 +272,11 @@ class OpenAICompatibleBackend:
             raise UpstreamError(f"Backend {self.name} failed: {message}")
         return UpstreamReply(parsed, _passed_headers(response))
 
-    def stream(self, body: dict[str, Any]) -> UpstreamStream:
-        response = self._send(body, stream=True)
+    def stream(self, body: dict[str, Any], account: int = 0) -> UpstreamStream:
+        response = self._send(body, stream=True, account=account)
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
-            message = _error_message(response)
+            message, _ = _error_detail(response)
             response.close()
             raise UpstreamError(
                 f"Backend {self.name} did not answer with an event stream: {message[:300]}"
@@ -235,9 +285,10 @@ class OpenAICompatibleBackend:
 
     # --- one attempt, plus one retry after an auth refusal ------------------------------
 
-    def _send(self, body: dict[str, Any], stream: bool) -> requests.Response:
+    def _send(self, body: dict[str, Any], stream: bool, account: int) -> requests.Response:
+        credentials = self.accounts[account]
         payload = orjson.dumps(body)
-        auth = self.credentials.auth()
+        auth = credentials.auth()
         retried = False
         while True:
             headers = {
@@ -258,20 +309,23 @@ class OpenAICompatibleBackend:
             if response.status_code < 400:
                 return response
             status = response.status_code
-            message = _error_message(response)
+            message, code = _error_detail(response)
             passed = _passed_headers(response)
             response.close()
-            log.warning("backend %s answered HTTP %s", self.name, status)
+            log.warning("backend %s answered HTTP %s (%s)", self.name, status, code or "-")
             if _looks_like_auth_failure(status, message):
                 if retried:
-                    raise self.credentials.rejected_again(status, message)
-                fresh = self.credentials.after_rejection(auth)
+                    raise credentials.rejected_again(status, message)
+                fresh = credentials.after_rejection(auth)
                 if fresh is not None:
                     auth, retried = fresh, True
                     continue
-            raise upstream_error_for_status(
+            error = upstream_error_for_status(
                 status, f"Backend {self.name}: {message}", headers=passed
             )
+            if status == 429 and _is_quota_exhausted(message, code):
+                error.code = "insufficient_quota"
+            raise error
 
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
         if isinstance(exc, requests.Timeout) or (
@@ -281,18 +335,11 @@ class OpenAICompatibleBackend:
         return UpstreamError(f"Could not reach backend {self.name}.")
 
 
+def _is_quota_exhausted(message: str, code: str | None) -> bool:
+    text = f"{code or ''} {message}".lower()
+    return "insufficient_quota" in text or "quota exceeded" in text or "exceeded your" in text
+
+
 def _passed_headers(response: requests.Response) -> dict[str, str]:
     headers = response.headers
     return {name: headers[name] for name in PASSED_RESPONSE_HEADERS if name in headers}
-
-
-def qwen_oauth_backend(
-    http: requests.Session,
-    tokens: QwenTokenManager,
-    user_agent: str,
-    model_ids: list[str],
-    timeout: tuple[float, float],
-) -> OpenAICompatibleBackend:
-    return OpenAICompatibleBackend(
-        "qwen-oauth", http, QwenOAuthCredentials(tokens, user_agent), model_ids, timeout
-    )

@@ -1,24 +1,32 @@
-"""The chat-completions pipeline: route a request, normalise it for the upstream, call the
-backend, and turn its answer (JSON or SSE) into what OpenAI clients expect.
+"""The chat-completions pipeline, shared by every front door: session and in-chat
+commands, routing with failover, guards, the upstream call, and turning its answer (JSON or
+SSE) into what OpenAI clients expect — with one accounting record per request.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from qwenproxy.errors import ProxyError, UpstreamError
+from qwenproxy.errors import ProxyError, RateLimitError, UpstreamError
 from qwenproxy.services.backends import UpstreamStream
-from qwenproxy.services.router import Route, Router
-from qwenproxy.sse import DONE_DATA, DONE_FRAME, encode_data
+from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
+from qwenproxy.services.router import Plan, Router, Target
+from qwenproxy.services.sessions import SessionState, SessionStore
+from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, SSEEvent, encode_data
 
 log = logging.getLogger(__name__)
 
 SYSTEM_ROLES = ("system", "developer")
+QUOTA_COOL_DOWN_S = 3600.0
+ENDED_ACCOUNT_COOL_DOWN_S = 3600.0
 
 
 def _text_of(content: Any) -> str:
@@ -37,6 +45,8 @@ def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     """Qwen takes one system message, first, as a string: fold every system/developer
     message into one leading system message. Returns `messages` itself when it already fits.
     """
+    if not messages:
+        return messages
     first = messages[0]
     extra = any(m.get("role") in SYSTEM_ROLES for m in messages[1:])
     if not extra and (
@@ -50,16 +60,42 @@ def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 @dataclass
+class RequestContext:
+    """Who is asking, and the facts about one request that accounting records."""
+
+    client_id: str
+    session_id: str
+    requested_model: str | None = None
+    stream: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    backend: str | None = None
+    upstream_model: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    usage: dict[str, Any] | None = None
+    ttft_ms: float | None = None
+    upstream_latency_ms: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    loop_detected: bool = False
+    command_only: bool = False
+    redactions: int = 0
+
+    def fail(self, error: ProxyError) -> None:
+        self.status, self.error_code = error.status, error.code
+
+
+@dataclass
 class Completion:
     body: dict[str, Any]
-    route: Route
     headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class StreamingCompletion:
     frames: Iterator[bytes]
-    route: Route
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,33 +147,232 @@ def error_frame(error: ProxyError) -> bytes:
     return encode_data(orjson.dumps(error.to_body()))
 
 
-class CompletionService:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+def _can_fail_over(error: ProxyError) -> bool:
+    return error.status == 429 or error.status >= 500
 
-    def prepare(self, body: dict[str, Any]) -> tuple[Route, dict[str, Any]]:
-        route = self.router.resolve(body.get("model"))
-        upstream = dict(body)
-        upstream["model"] = route.model
-        upstream["messages"] = merge_system_messages(body["messages"])
-        return route, upstream
 
-    def complete(self, body: dict[str, Any]) -> Completion:
-        route, upstream = self.prepare(body)
-        upstream.pop("stream", None)
-        reply = route.backend.complete(upstream)
-        return Completion(reply.body, route, dict(reply.headers))
+_END = object()
 
-    def stream(self, body: dict[str, Any]) -> StreamingCompletion:
-        route, upstream = self.prepare(body)
-        opened = route.backend.stream(upstream)
-        return StreamingCompletion(self._frames(opened, route), route)
 
-    def _frames(self, upstream: UpstreamStream, route: Route) -> Iterator[bytes]:
-        indexer = ToolCallIndexer()
-        finished = False
+def events_with_keepalive(
+    upstream: UpstreamStream, interval: float | None
+) -> Iterator[SSEEvent | None]:
+    """The upstream's events; `None` whenever it was silent for `interval` seconds.
+
+    A reader (a greenlet under gunicorn's gevent worker) pulls the upstream so that the
+    client side can wake up for keep-alives; a small queue keeps back-pressure.
+    """
+    if not interval:
+        yield from upstream
+        return
+    items: queue.Queue[Any] = queue.Queue(maxsize=32)
+    closed = threading.Event()
+
+    def pump() -> None:
         try:
             for event in upstream:
+                while not closed.is_set():
+                    try:
+                        items.put(event, timeout=1.0)
+                        break
+                    except queue.Full:
+                        continue
+                if closed.is_set():
+                    return
+            items.put(_END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            if not closed.is_set():
+                items.put(exc)
+
+    reader = threading.Thread(target=pump, name="upstream-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = items.get(timeout=interval)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closed.set()
+        upstream.close()
+        while True:  # unblock the reader if it waits to hand over an event
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                break
+
+
+class CompletionService:
+    def __init__(
+        self,
+        router: Router,
+        sessions: SessionStore,
+        commands: CommandProcessor,
+        stream_keepalive: float | None = None,
+        on_finish: Callable[[RequestContext], None] | None = None,
+    ) -> None:
+        self.router = router
+        self.sessions = sessions
+        self.commands = commands
+        self.stream_keepalive = stream_keepalive
+        self.on_finish = on_finish
+
+    # --- the entry point ----------------------------------------------------------------
+
+    def handle(self, body: dict[str, Any], ctx: RequestContext) -> Completion | StreamingCompletion:
+        ctx.requested_model = body.get("model")
+        ctx.stream = bool(body.get("stream"))
+        try:
+            result = self._handle(body, ctx)
+        except ProxyError as exc:
+            ctx.fail(exc)
+            self._finish(ctx)
+            raise
+        if isinstance(result, Completion):
+            self._finish(ctx)
+        return result
+
+    def _finish(self, ctx: RequestContext) -> None:
+        if ctx.finished_at is None:
+            ctx.finished_at = time.perf_counter()
+        if self.on_finish is not None:
+            try:
+                self.on_finish(ctx)
+            except Exception:  # accounting must never break a request
+                log.exception("recording a finished request failed")
+
+    def _handle(
+        self, body: dict[str, Any], ctx: RequestContext
+    ) -> Completion | StreamingCompletion:
+        session = self.sessions.load(ctx.session_id)
+        state = session.state
+        extraction = self.commands.extract(body["messages"])
+        model_now: str | None = None
+        if extraction.commands:
+            outcome = self.commands.run(extraction.commands, session)
+            if outcome.error is not None:
+                ctx.command_only = True
+                return self.local_reply(body, outcome.error, ctx)
+            new_state = outcome.state
+            if outcome.immediate_oneoff and not extraction.command_only:
+                model_now, new_state = outcome.immediate_oneoff, new_state.changed(oneoff=None)
+            if new_state != state:
+                session = self.sessions.save(session, new_state) or self.sessions.load(session.id)
+                state = session.state
+            if extraction.command_only:
+                ctx.command_only = True
+                return self.local_reply(body, "\n".join(outcome.lines), ctx)
+        else:
+            self.sessions.touch_if_stale(session)
+        if model_now is None and state.oneoff:
+            claimed = self.sessions.save(session, state.changed(oneoff=None))
+            if claimed is not None:  # exactly one request of this session takes the one-off
+                model_now = state.oneoff
+        plan = self.router.plan(model_now or state.model or body.get("model"), state.backend)
+        upstream = dict(body)
+        upstream["messages"] = merge_system_messages(extraction.messages)
+        if ctx.stream:
+            return self._stream(plan, upstream, body, ctx, state)
+        upstream.pop("stream", None)
+        upstream.pop("stream_options", None)
+        return self._complete(plan, upstream, ctx)
+
+    # --- attempts with failover -----------------------------------------------------------
+
+    def _attempt(
+        self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext, call: str
+    ) -> tuple[Any, Target]:
+        last_error: ProxyError | None = None
+        for target, account in plan.attempts():
+            ctx.attempts += 1
+            body = {**upstream, "model": target.upstream_model}
+            ctx.backend, ctx.upstream_model = target.backend.name, body["model"]
+            started = time.perf_counter()
+            try:
+                result = getattr(target.backend, call)(body, account)
+            except ProxyError as exc:
+                self._note_failure(target, account, exc)
+                if not _can_fail_over(exc):
+                    raise
+                last_error = exc
+                log.warning(
+                    "attempt %d via %s:%s (account %d) failed with %s",
+                    ctx.attempts,
+                    target.backend.name,
+                    body["model"],
+                    account,
+                    exc.code,
+                )
+                continue
+            ctx.upstream_latency_ms = (time.perf_counter() - started) * 1000
+            return result, target
+        if last_error is not None:
+            raise last_error
+        wait = min(t.backend.seconds_until_ready() for t in plan.targets)
+        raise RateLimitError(
+            f"Every account of {', '.join(sorted({t.backend.name for t in plan.targets}))} is "
+            f"paused after running out of quota; ready again in {wait:.0f} s.",
+            code="insufficient_quota",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )
+
+    @staticmethod
+    def _note_failure(target: Target, account: int, error: ProxyError) -> None:
+        if error.code == "insufficient_quota":
+            retry_after = error.headers.get("Retry-After", "")
+            seconds = float(retry_after) if retry_after.isdigit() else QUOTA_COOL_DOWN_S
+            target.backend.cool_down(account, seconds)
+        elif error.code == "qwen_oauth_access_ended":
+            target.backend.cool_down(account, ENDED_ACCOUNT_COOL_DOWN_S)
+
+    @staticmethod
+    def _served_by(target: Target) -> dict[str, str]:
+        return {
+            "X-Qwenproxy-Backend": target.backend.name,
+            "X-Qwenproxy-Model": target.upstream_model,
+        }
+
+    def _complete(self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext) -> Completion:
+        reply, target = self._attempt(plan, upstream, ctx, "complete")
+        usage = reply.body.get("usage")
+        ctx.usage = usage if isinstance(usage, dict) else None
+        return Completion(reply.body, {**self._served_by(target), **reply.headers})
+
+    def _stream(
+        self,
+        plan: Plan,
+        upstream: dict[str, Any],
+        body: dict[str, Any],
+        ctx: RequestContext,
+        state: SessionState,
+    ) -> StreamingCompletion:
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        opened, target = self._attempt(plan, upstream, ctx, "stream")
+        frames = self._frames(opened, target, ctx, client_wants_usage)
+        return StreamingCompletion(frames, self._served_by(target))
+
+    def _frames(
+        self,
+        upstream: UpstreamStream,
+        target: Target,
+        ctx: RequestContext,
+        client_wants_usage: bool,
+    ) -> Iterator[bytes]:
+        indexer = ToolCallIndexer()
+        finished = False
+        name = target.backend.name
+        try:
+            for event in events_with_keepalive(upstream, self.stream_keepalive):
+                if event is None:
+                    yield KEEPALIVE_FRAME
+                    continue
                 data = event.data
                 if data == DONE_DATA:
                     yield DONE_FRAME
@@ -145,29 +380,113 @@ class CompletionService:
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        f"Backend {route.backend.name} sent a malformed stream event."
-                    ) from None
+                    raise UpstreamError(f"Backend {name} sent a malformed stream event.") from None
                 if not isinstance(chunk, dict):
-                    raise UpstreamError(
-                        f"Backend {route.backend.name} sent an unexpected stream event."
-                    )
+                    raise UpstreamError(f"Backend {name} sent an unexpected stream event.")
+                if ctx.first_token_at is None:
+                    ctx.first_token_at = time.perf_counter()
+                    ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
                 if "error" in chunk and not chunk.get("choices"):
-                    log.warning("backend %s sent an error event mid-stream", route.backend.name)
+                    log.warning("backend %s sent an error event mid-stream", name)
+                    error = chunk["error"]
+                    ctx.status = 502
+                    ctx.error_code = (error.get("code") if isinstance(error, dict) else None) or (
+                        "upstream_error"
+                    )
                     yield encode_data(data)
                     return
+                changed = False
+                usage = chunk.get("usage")
+                if usage:
+                    ctx.usage = usage
+                    if not client_wants_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                        changed = True
                 if not finished:
                     finished = _has_finish(chunk)
                 if b'"tool_calls"' in data and indexer.fill(chunk):
-                    data = orjson.dumps(chunk)
-                yield encode_data(data)
+                    changed = True
+                yield encode_data(orjson.dumps(chunk) if changed else data)
             if not finished:
-                raise UpstreamError(
-                    f"Backend {route.backend.name} closed the stream before it finished."
-                )
+                raise UpstreamError(f"Backend {name} closed the stream before it finished.")
             yield DONE_FRAME
         except ProxyError as exc:
-            log.warning("stream from %s failed: %s", route.backend.name, exc.code)
+            log.warning("stream from %s failed: %s", name, exc.code)
+            ctx.fail(exc)
             yield error_frame(exc)
+        except GeneratorExit:
+            ctx.status, ctx.error_code = 499, "client_disconnected"
+            raise
         finally:
             upstream.close()
+            self._finish(ctx)
+
+    # --- answers the proxy gives itself ---------------------------------------------------
+
+    def local_reply(
+        self, body: dict[str, Any], text: str, ctx: RequestContext
+    ) -> Completion | StreamingCompletion:
+        """A normal completion (or stream) that never touched an upstream: command results."""
+        ctx.backend, ctx.upstream_model = "local", "qwenproxy"
+        content = LOCAL_MARKER + text
+        created = int(time.time())
+        ident = f"chatcmpl-local-{int(time.time() * 1000):x}"
+        model = body.get("model") or "qwenproxy"
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        headers = {"X-Qwenproxy-Backend": "local", "X-Qwenproxy-Model": "qwenproxy"}
+        if not ctx.stream:
+            return Completion(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                },
+                headers,
+            )
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            return encode_data(
+                orjson.dumps(
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                )
+            )
+
+        def frames() -> Iterator[bytes]:
+            try:
+                yield chunk({"role": "assistant", "content": content}, None)
+                yield chunk({}, "stop")
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield encode_data(
+                        orjson.dumps(
+                            {
+                                "id": ident,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": model,
+                                "choices": [],
+                                "usage": usage,
+                            }
+                        )
+                    )
+                yield DONE_FRAME
+            finally:
+                self._finish(ctx)
+
+        return StreamingCompletion(frames(), headers)

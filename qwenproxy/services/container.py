@@ -1,7 +1,8 @@
-"""Service objects of one app, built from a `Config` by `build_services`.
+"""Service objects of one app, built from a `Config` by `build_services`: the backends
+that have credentials, the router, sessions, commands and the chat pipeline.
 
-Each service receives its collaborators (HTTP session, clock, ...) as arguments, so tests
-can build them with fakes.
+Each service receives its collaborators (HTTP session, clock, database) as arguments, so
+tests can build them with fakes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,25 @@ from requests.adapters import HTTPAdapter
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
+from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
-from qwenproxy.services.backends import OpenAICompatibleBackend, qwen_oauth_backend
+from qwenproxy.services.backends import (
+    Credentials,
+    OpenAICompatibleBackend,
+    QwenOAuthCredentials,
+    StaticKeyCredentials,
+)
+from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService
-from qwenproxy.services.models import QWEN_OAUTH_MODELS
+from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
-from qwenproxy.services.router import Router
+from qwenproxy.services.router import Router, RouteStore
+from qwenproxy.services.sessions import SessionStore
+from qwenproxy.services.store import Database, default_database_url
 
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
+# Order in which key backends become the default when LLM_BACKEND is not set.
+KEY_BACKEND_PREFERENCE = ("coding-plan", "dashscope", "openrouter", "fireworks")
 
 
 def make_http_session() -> requests.Session:
@@ -35,6 +47,81 @@ def make_http_session() -> requests.Session:
     return session
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend this configuration enables: where it is and with which keys."""
+
+    name: str
+    base_url: str
+    keys: tuple[str, ...]
+    catalog: ModelCatalog
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def key_backend_specs(config: Config) -> list[BackendSpec]:
+    """Every API-key backend whose key (or, for custom ones, base URL) is configured."""
+    aliases = config.model_aliases
+    presets = [
+        (
+            "coding-plan",
+            config.coding_plan_base_url or catalog.CODING_PLAN_BASE_URLS[config.coding_plan_region],
+            config.coding_plan_api_keys,
+            ModelCatalog(catalog.CODING_PLAN_MODELS, catalog.CODING_PLAN_ALIASES),
+            {},
+        ),
+        (
+            "dashscope",
+            config.dashscope_base_url or catalog.DASHSCOPE_BASE_URLS[config.dashscope_region],
+            config.dashscope_api_keys,
+            ModelCatalog(catalog.DASHSCOPE_MODELS, catalog.DASHSCOPE_ALIASES),
+            {},
+        ),
+        (
+            "openrouter",
+            config.openrouter_base_url or catalog.OPENROUTER_BASE_URL,
+            config.openrouter_api_keys,
+            ModelCatalog(catalog.OPENROUTER_MODELS, catalog.OPENROUTER_ALIASES),
+            dict(catalog.OPENROUTER_HEADERS),
+        ),
+        (
+            "fireworks",
+            config.fireworks_base_url or catalog.FIREWORKS_BASE_URL,
+            config.fireworks_api_keys,
+            ModelCatalog(catalog.FIREWORKS_MODELS, catalog.FIREWORKS_ALIASES),
+            {},
+        ),
+    ]
+    specs = [
+        BackendSpec(name, base, keys, cat.with_overrides(aliases.get(name)), headers)
+        for name, base, keys, cat, headers in presets
+        if keys
+    ]
+    specs += [
+        BackendSpec(
+            custom.name,
+            custom.base_url,
+            custom.api_keys,
+            ModelCatalog(custom.models).with_overrides(aliases.get(custom.name)),
+        )
+        for custom in config.custom_backends
+    ]
+    return specs
+
+
+def qwen_oauth_available(config: Config) -> bool:
+    return any(path.is_file() for path in config.qwen_oauth_creds)
+
+
+def effective_default_backend(config: Config, enabled: list[str]) -> str:
+    """LLM_BACKEND when set; else qwen-oauth if logged in; else the first key backend."""
+    if config.sources.get("LLM_BACKEND", "default") != "default" or qwen_oauth_available(config):
+        return config.llm_backend
+    for name in (*KEY_BACKEND_PREFERENCE, *enabled):
+        if name in enabled:
+            return name
+    return config.llm_backend
+
+
 @dataclass
 class Services:
     config: Config
@@ -42,11 +129,23 @@ class Services:
     access: ClientAccess
     router: Router
     completions: CompletionService
+    db: Database
+    sessions: SessionStore
     token_managers: list[QwenTokenManager] = field(default_factory=list)
 
     def secrets(self) -> Iterator[str]:
-        """Every secret the proxy holds right now (for log scrubbing)."""
-        yield from self.config.proxy_api_keys
+        """Every secret the proxy holds right now (for log scrubbing and redaction)."""
+        config = self.config
+        yield from config.proxy_api_keys
+        for keys in (
+            config.dashscope_api_keys,
+            config.coding_plan_api_keys,
+            config.openrouter_api_keys,
+            config.fireworks_api_keys,
+        ):
+            yield from keys
+        for custom in config.custom_backends:
+            yield from custom.api_keys
         for manager in self.token_managers:
             creds = manager.cached()
             if creds is not None:
@@ -75,15 +174,56 @@ def build_services(
         )
         for path in config.qwen_oauth_creds
     ]
+    oauth_catalog = ModelCatalog(catalog.QWEN_OAUTH_MODELS, catalog.QWEN_OAUTH_ALIASES)
+    oauth_accounts: list[Credentials] = [QwenOAuthCredentials(m, user_agent) for m in managers]
     backends: dict[str, OpenAICompatibleBackend] = {
-        "qwen-oauth": qwen_oauth_backend(http, managers[0], user_agent, QWEN_OAUTH_MODELS, timeout)
+        "qwen-oauth": OpenAICompatibleBackend(
+            "qwen-oauth",
+            http,
+            oauth_accounts,
+            oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
+            timeout,
+        )
     }
-    router = Router(backends, config.llm_backend, config.default_model)
+    for spec in key_backend_specs(config):
+        accounts: list[Credentials] = [
+            StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
+        ] or [StaticKeyCredentials(spec.base_url, None, spec.headers)]
+        backends[spec.name] = OpenAICompatibleBackend(
+            spec.name, http, accounts, spec.catalog, timeout
+        )
+    db = Database(config.database_url or default_database_url(config.data_dir))
+    routes = RouteStore(db, config.failover_routes, clock)
+    hidden = () if qwen_oauth_available(config) else ("qwen-oauth",)
+    router = Router(
+        backends,
+        effective_default_backend(config, [n for n in backends if n != "qwen-oauth"]),
+        config.default_model,
+        known_backends=config.backend_names(),
+        routes=routes,
+        unlisted=hidden,
+    )
+    sessions = SessionStore(db, config.session_ttl, clock)
+    commands = CommandProcessor(
+        config.command_prefix,
+        router,
+        routes,
+        __version__,
+        defaults=lambda: {
+            "redact_api_keys": config.redact_api_keys_in_prompts,
+            "loop_detection": config.loop_detection,
+        },
+    )
+    completions = CompletionService(
+        router, sessions, commands, stream_keepalive=config.stream_keepalive
+    )
     return Services(
         config=config,
         http=http,
         access=ClientAccess(config.proxy_api_keys, config.trust_proxy_headers),
         router=router,
-        completions=CompletionService(router),
+        completions=completions,
+        db=db,
+        sessions=sessions,
         token_managers=managers,
     )

@@ -34,9 +34,10 @@ def test_non_stream_answer_reaches_client_with_upstream_model_name(client, fake)
     assert response.status_code == 200
     assert response.json["choices"][0]["message"]["content"] == "Hello from fake"
     assert response.headers["X-Qwenproxy-Backend"] == "qwen-oauth"
-    assert response.headers["X-Qwenproxy-Model"] == "qwen3-coder-plus"
+    # qwen-code's OAuth path takes `coder-model`; the seed's name is an alias of it.
+    assert response.headers["X-Qwenproxy-Model"] == "coder-model"
     sent = fake.chat_requests[-1]
-    assert sent["body"]["model"] == "qwen3-coder-plus"
+    assert sent["body"]["model"] == "coder-model"
     assert sent["body"]["messages"] == USER
 
 
@@ -53,11 +54,12 @@ def test_upstream_gets_qwen_headers_and_bearer_token(client, fake):
 @pytest.mark.parametrize(
     "model, upstream_model",
     [
-        ("qwen-oauth/qwen3-coder-flash", "qwen3-coder-flash"),
-        ("qwen3-coder-plus", "qwen3-coder-plus"),
-        ("", "qwen3-coder-plus"),
-        (None, "qwen3-coder-plus"),
-        ("qwen-oauth", "qwen3-coder-plus"),
+        ("qwen-oauth/qwen3-coder-flash", "coder-model"),
+        ("qwen3-coder-plus", "coder-model"),
+        ("", "coder-model"),
+        (None, "coder-model"),
+        ("qwen-oauth", "coder-model"),
+        ("qwen-plus", "qwen-plus"),
         ("some-future-model", "some-future-model"),
         ("qwen/qwen3-coder", "qwen/qwen3-coder"),
     ],

@@ -41,7 +41,7 @@ def test_sdk_non_stream_and_stream(start_proxy, fake):
         "Hello from fake"
     )
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 10
-    assert [r["body"]["model"] for r in fake.chat_requests] == ["qwen3-coder-plus"] * 2
+    assert [r["body"]["model"] for r in fake.chat_requests] == ["coder-model"] * 2
 
 
 def test_stream_events_reach_the_client_as_they_arrive(start_proxy, fake):

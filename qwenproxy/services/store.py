@@ -1,0 +1,120 @@
+"""The shared database (SQLAlchemy Core): sessions and failover routes, and the tables
+other services add to `metadata` (the usage ledger). SQLite in WAL mode by default;
+PostgreSQL with the same code, so several workers or instances share one state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+
+metadata = sa.MetaData()
+
+sessions_table = sa.Table(
+    "qp_sessions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False, index=True),
+)
+
+routes_table = sa.Table(
+    "qp_failover_routes",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("policy", sa.String(8), nullable=False),
+    sa.Column("elements", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def default_database_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'qwenproxy.db'}"
+
+
+class Database:
+    """One engine per process; schema created idempotently at start-up."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = sa.engine.make_url(url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(
+                url,
+                connect_args={"check_same_thread": False, "timeout": 30},
+                pool_pre_ping=False,
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        metadata.create_all(self.engine, checkfirst=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class KeyValueTable:
+    """JSON values by key in one of the tables above, with optimistic compare-and-set."""
+
+    def __init__(
+        self, db: Database, table: sa.Table, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._db = db
+        self._table = table
+        self._clock = clock
+
+    def get_raw(self, key: str) -> str | None:
+        with self._db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(self._table.c.state).where(self._table.c.id == key)
+            ).scalar_one_or_none()
+
+    def put_raw(self, key: str, value: str, expected: str | None) -> bool:
+        """Write `value` if the stored value is still `expected` (None: absent)."""
+        table = self._table
+        now = self._clock()
+        with self._db.engine.begin() as conn:
+            if expected is None:
+                try:
+                    conn.execute(table.insert().values(id=key, state=value, updated_at=now))
+                    return True
+                except sa.exc.IntegrityError:
+                    return False
+            result = conn.execute(
+                table.update()
+                .where(table.c.id == key, table.c.state == expected)
+                .values(state=value, updated_at=now)
+            )
+            return result.rowcount == 1
+
+    def touch(self, key: str) -> None:
+        with self._db.engine.begin() as conn:
+            conn.execute(
+                self._table.update().where(self._table.c.id == key).values(updated_at=self._clock())
+            )
+
+    def delete_older_than(self, cutoff: float) -> int:
+        with self._db.engine.begin() as conn:
+            result = conn.execute(self._table.delete().where(self._table.c.updated_at < cutoff))
+            return result.rowcount
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
