@@ -46,10 +46,24 @@ def _creds_line(path: Path) -> str:
 
 
 def banner(config: Config) -> str:
+    # Configuration and files only: no network, and no `requests` import before gunicorn
+    # forks its gevent workers.
+    from qwenproxy.services.backend_specs import (
+        effective_default_backend,
+        key_backend_specs,
+        qwen_oauth_available,
+    )
+    from qwenproxy.services.models import key_backends_hint
+
+    key_backends = [spec.name for spec in key_backend_specs(config)]
+    logged_in = qwen_oauth_available(config)
+    default = effective_default_backend(config, key_backends)
+    enabled = (["qwen-oauth"] if logged_in else []) + key_backends
     lines = [
         f"qwenproxy {__version__} listening on http://{config.host}:{config.port}/v1 "
         f"({config.workers} gevent worker{'s' if config.workers > 1 else ''})",
-        f"  default backend: {config.llm_backend}, default model: {config.default_model}",
+        f"  default backend: {default}, default model: {config.default_model}",
+        f"  enabled backends: {', '.join(enabled) or 'none'}",
     ]
     for path in config.qwen_oauth_creds:
         lines.append(f"  qwen-oauth credentials: {_creds_line(path)}")
@@ -57,6 +71,13 @@ def banner(config: Config) -> str:
         lines.append(f"  client auth: on ({len(config.proxy_api_keys)} key(s) in PROXY_API_KEY)")
     else:
         lines.append("  client auth: off - serving loopback clients only (set PROXY_API_KEY)")
+    if not enabled:
+        lines.append(
+            "  No backend has credentials: log in with `python -m qwenproxy auth login`, or "
+            f"set an API key ({key_backends_hint()})."
+        )
+    if not enabled or (default == "qwen-oauth" and not logged_in):
+        lines.append("  Run `python -m qwenproxy doctor` to see what works and what to fix.")
     return "\n".join(lines)
 
 
@@ -111,6 +132,23 @@ def cmd_auth_status(config: Config, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from qwenproxy.logs import configure_logging
+    from qwenproxy.services.container import build_services
+    from qwenproxy.services.doctor import format_report, run_doctor
+
+    services = build_services(config)
+    configure_logging("ERROR", services.secrets)
+    report = run_doctor(services, live=not args.offline)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
 def cmd_auth_login(config: Config, args: argparse.Namespace) -> int:
     from qwenproxy.services.container import make_http_session
     from qwenproxy.services.qwen_auth import DeviceFlowLogin
@@ -145,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (PORT)")
     serve.add_argument("--workers", type=int, help="worker processes (WEB_CONCURRENCY)")
     serve.set_defaults(handler=cmd_serve)
+
+    doctor = commands.add_parser("doctor", help="check settings, credentials and backends")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--offline", action="store_true", help="skip the live calls")
+    doctor.set_defaults(handler=cmd_doctor)
 
     auth = commands.add_parser("auth", help="qwen-code OAuth credentials")
     auth_commands = auth.add_subparsers(dest="auth_command", required=True)

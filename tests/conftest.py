@@ -35,6 +35,19 @@ def fake(fake_server: FakeUpstream) -> FakeUpstream:
     return fake_server
 
 
+@pytest.fixture(scope="session")
+def fake_b_server() -> FakeUpstream:
+    return FakeUpstream().start()
+
+
+@pytest.fixture
+def fake_b(fake_b_server: FakeUpstream) -> FakeUpstream:
+    """A second upstream, standing in for an API-key backend (keys are its valid tokens)."""
+    fake_b_server.reset()
+    fake_b_server.valid_tokens = {"sk-dash-1", "sk-dash-2"}
+    return fake_b_server
+
+
 def write_creds(path: Path, fake: FakeUpstream, expires_in: float = 3600.0, **extra: Any) -> Path:
     creds = {
         "access_token": "tok-initial",

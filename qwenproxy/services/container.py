@@ -18,6 +18,11 @@ from qwenproxy import __version__
 from qwenproxy.config import Config
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
+from qwenproxy.services.backend_specs import (
+    effective_default_backend,
+    key_backend_specs,
+    qwen_oauth_available,
+)
 from qwenproxy.services.backends import (
     Credentials,
     OpenAICompatibleBackend,
@@ -33,8 +38,6 @@ from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.store import Database, default_database_url
 
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
-# Order in which key backends become the default when LLM_BACKEND is not set.
-KEY_BACKEND_PREFERENCE = ("coding-plan", "dashscope", "openrouter", "fireworks")
 
 
 def make_http_session() -> requests.Session:
@@ -45,81 +48,6 @@ def make_http_session() -> requests.Session:
     session.mount("http://", adapter)
     session.trust_env = False  # upstream addresses come from our config only
     return session
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """A backend this configuration enables: where it is and with which keys."""
-
-    name: str
-    base_url: str
-    keys: tuple[str, ...]
-    catalog: ModelCatalog
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def key_backend_specs(config: Config) -> list[BackendSpec]:
-    """Every API-key backend whose key (or, for custom ones, base URL) is configured."""
-    aliases = config.model_aliases
-    presets = [
-        (
-            "coding-plan",
-            config.coding_plan_base_url or catalog.CODING_PLAN_BASE_URLS[config.coding_plan_region],
-            config.coding_plan_api_keys,
-            ModelCatalog(catalog.CODING_PLAN_MODELS, catalog.CODING_PLAN_ALIASES),
-            {},
-        ),
-        (
-            "dashscope",
-            config.dashscope_base_url or catalog.DASHSCOPE_BASE_URLS[config.dashscope_region],
-            config.dashscope_api_keys,
-            ModelCatalog(catalog.DASHSCOPE_MODELS, catalog.DASHSCOPE_ALIASES),
-            {},
-        ),
-        (
-            "openrouter",
-            config.openrouter_base_url or catalog.OPENROUTER_BASE_URL,
-            config.openrouter_api_keys,
-            ModelCatalog(catalog.OPENROUTER_MODELS, catalog.OPENROUTER_ALIASES),
-            dict(catalog.OPENROUTER_HEADERS),
-        ),
-        (
-            "fireworks",
-            config.fireworks_base_url or catalog.FIREWORKS_BASE_URL,
-            config.fireworks_api_keys,
-            ModelCatalog(catalog.FIREWORKS_MODELS, catalog.FIREWORKS_ALIASES),
-            {},
-        ),
-    ]
-    specs = [
-        BackendSpec(name, base, keys, cat.with_overrides(aliases.get(name)), headers)
-        for name, base, keys, cat, headers in presets
-        if keys
-    ]
-    specs += [
-        BackendSpec(
-            custom.name,
-            custom.base_url,
-            custom.api_keys,
-            ModelCatalog(custom.models).with_overrides(aliases.get(custom.name)),
-        )
-        for custom in config.custom_backends
-    ]
-    return specs
-
-
-def qwen_oauth_available(config: Config) -> bool:
-    return any(path.is_file() for path in config.qwen_oauth_creds)
-
-
-def effective_default_backend(config: Config, enabled: list[str]) -> str:
-    """LLM_BACKEND when set; else qwen-oauth if logged in; else the first key backend."""
-    if config.sources.get("LLM_BACKEND", "default") != "default" or qwen_oauth_available(config):
-        return config.llm_backend
-    for name in (*KEY_BACKEND_PREFERENCE, *enabled):
-        if name in enabled:
-            return name
-    return config.llm_backend
 
 
 @dataclass
@@ -161,7 +89,7 @@ def build_services(
 ) -> Services:
     http = http or make_http_session()
     timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
-    user_agent = config.qwen_user_agent or f"qwenproxy/{__version__}"
+    user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
     managers = [
         QwenTokenManager(
             CredentialsFile(path),

@@ -105,6 +105,21 @@ FIREWORKS_ALIASES = {
     "qwen3-coder-flash": "accounts/fireworks/models/qwen3-coder-30b-a3b-instruct",
 }
 
+# qwen-code's own client identity (packages/core/src/core/openaiContentGenerator/provider/
+# dashscope.ts): `QwenCode/<version> (<node platform>; <node arch>)`. Requests that do not
+# look like qwen-code's are reported to be throttled, so this is the default.
+QWEN_CODE_VERSION = "0.24.4"
+_NODE_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def qwen_code_user_agent() -> str:
+    import platform
+    import sys
+
+    arch = platform.machine().lower()
+    return f"QwenCode/{QWEN_CODE_VERSION} ({sys.platform}; {_NODE_ARCH.get(arch, arch)})"
+
+
 # Which key enables which backend: for start-up messages, errors and `doctor`.
 BACKEND_KEY_HINTS = {
     "qwen-oauth": "a qwen-code login (QWEN_OAUTH_CREDS, `python -m qwenproxy auth login`)",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
-from qwenproxy import __version__, create_app
+from qwenproxy import create_app
 from tests.fake_upstream import (
     USAGE_CHUNK,
     chunk,
@@ -47,7 +48,8 @@ def test_upstream_gets_qwen_headers_and_bearer_token(client, fake):
     assert headers["authorization"] == "Bearer tok-initial"
     assert headers["x-dashscope-authtype"] == "qwen-oauth"
     assert headers["x-dashscope-cachecontrol"] == "enable"
-    assert headers["user-agent"] == f"qwenproxy/{__version__}"
+    assert re.fullmatch(r"QwenCode/[0-9.]+ \(linux; [a-z0-9_]+\)", headers["user-agent"])
+    assert headers["x-dashscope-useragent"] == headers["user-agent"]
     assert headers["content-type"] == "application/json"
 
 

@@ -1,0 +1,187 @@
+"""`python -m qwenproxy doctor`: where each setting came from, every backend's credentials,
+and a live check per backend — each failure with what to do about it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qwenproxy.config import SETTINGS, Config
+from qwenproxy.errors import ProxyError
+from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
+from qwenproxy.services.container import Services, qwen_oauth_available
+from qwenproxy.services.models import BACKEND_KEY_HINTS, key_backends_hint
+
+SECRET_SETTINGS = {s.env for s in SETTINGS if s.attr.endswith("api_keys")}
+
+
+@dataclass
+class BackendCheck:
+    backend: str
+    default: bool
+    credentials: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class DoctorReport:
+    settings: list[dict[str, str]] = field(default_factory=list)
+    backends: list[BackendCheck] = field(default_factory=list)
+    default_backend: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return any(c.ok for c in self.backends if c.default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "default_backend": self.default_backend,
+            "settings": self.settings,
+            "backends": [asdict(c) for c in self.backends],
+        }
+
+
+def describe_setting(config: Config, env: str, attr: str) -> str:
+    value = getattr(config, attr)
+    if env in SECRET_SETTINGS or env == "PROXY_API_KEY":
+        return f"set ({len(value)} key{'s' if len(value) != 1 else ''})" if value else "unset"
+    if value is None or value == () or value == {}:
+        return "unset"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _fix_for(error: ProxyError, backend: str) -> str:
+    code = error.code or ""
+    if code in ("qwen_oauth_credentials_missing", "qwen_oauth_login_required"):
+        return "run `python -m qwenproxy auth login` (or `qwen-code --auth`)"
+    if code == "qwen_oauth_access_ended":
+        return f"switch to an API key backend: {key_backends_hint()}"
+    if code == "insufficient_quota" or error.status == 429:
+        retry = error.headers.get("Retry-After")
+        until = (
+            time.strftime("%H:%M", time.localtime(time.time() + float(retry)))
+            if (retry and retry.isdigit())
+            else None
+        )
+        return f"quota exhausted{f' until {until}' if until else ''}: wait, or add another key"
+    if error.status in (401, 403):
+        hint = BACKEND_KEY_HINTS.get(backend, f"BACKEND_{backend.upper()}_API_KEY")
+        return f"the key was refused: check {hint}"
+    if error.status == 504 or code == "upstream_timeout":
+        return "the upstream did not answer in time: check the network or the base URL"
+    if error.status == 502:
+        return "could not reach the upstream: check the base URL and the network"
+    return "see the message above"
+
+
+def _credentials_state(backend: OpenAICompatibleBackend) -> str:
+    states = []
+    for account in backend.accounts:
+        if isinstance(account, QwenOAuthCredentials):
+            path = account.tokens.file.path
+            try:
+                creds = account.tokens.file.read()
+            except ProxyError:
+                states.append(f"{path}: missing or unreadable")
+                continue
+            left = creds.expiry_ms / 1000 - time.time()
+            when = f"expires in {left / 60:.0f} min" if left > 0 else "expired (refreshable)"
+            states.append(f"{path}: token {when}")
+        else:
+            states.append("key present" if account.auth().token else "no key (keyless upstream)")
+    return "; ".join(states)
+
+
+def live_check(backend: OpenAICompatibleBackend, model: str) -> tuple[float, str]:
+    """One cheap real call (a 1-token completion); (latency ms, what answered)."""
+    started = time.perf_counter()
+    body = {
+        "model": backend.upstream_model(model),
+        "messages": [{"role": "user", "content": "ping"}],
+        "max_tokens": 1,
+    }
+    reply = backend.complete(body, backend.account_order(include_paused=True)[0])
+    latency = (time.perf_counter() - started) * 1000
+    return latency, f"{body['model']} answered ({reply.body.get('model', '?')})"
+
+
+def run_doctor(services: Services, live: bool = True) -> DoctorReport:
+    config = services.config
+    router = services.router
+    report = DoctorReport(default_backend=router.default_backend)
+    for setting in SETTINGS:
+        report.settings.append(
+            {
+                "name": setting.env,
+                "value": describe_setting(config, setting.env, setting.attr),
+                "source": config.sources.get(setting.env, "default"),
+            }
+        )
+    for custom in config.custom_backends:
+        report.settings.append(
+            {
+                "name": f"BACKEND_{custom.name.upper().replace('-', '_')}_BASE_URL",
+                "value": custom.base_url,
+                "source": config.sources.get(
+                    f"BACKEND_{custom.name.upper().replace('-', '_')}_BASE_URL", "env"
+                ),
+            }
+        )
+    for name, backend in router.backends.items():
+        is_default = name == router.default_backend
+        if name == "qwen-oauth" and not qwen_oauth_available(config) and not is_default:
+            continue
+        check = BackendCheck(name, is_default, _credentials_state(backend), ok=False, detail="")
+        model = router.default_model if is_default else (backend.models() or ["-"])[0]
+        if not live:
+            check.ok, check.detail = True, "not checked (--offline)"
+        else:
+            try:
+                check.latency_ms, check.detail = live_check(backend, model)
+                check.ok = True
+            except ProxyError as exc:
+                check.detail = exc.message
+                check.fix = _fix_for(exc, name)
+        report.backends.append(check)
+    if not any(c.default for c in report.backends):
+        report.backends.append(
+            BackendCheck(
+                router.default_backend,
+                True,
+                "not enabled",
+                False,
+                f"the default backend {router.default_backend!r} has no credentials",
+                f"set its credentials, or enable another: {key_backends_hint()}",
+            )
+        )
+    return report
+
+
+def format_report(report: DoctorReport) -> str:
+    lines = ["settings:"]
+    width = max(len(s["name"]) for s in report.settings)
+    for s in report.settings:
+        lines.append(f"  {s['name']:<{width}}  {s['value']:<40}  ({s['source']})")
+    lines.append("")
+    lines.append("backends:")
+    for check in report.backends:
+        mark = "ok  " if check.ok else "FAIL"
+        default = " (default)" if check.default else ""
+        latency = f" in {check.latency_ms:.0f} ms" if check.latency_ms is not None else ""
+        lines.append(f"  [{mark}] {check.backend}{default}: {check.detail}{latency}")
+        lines.append(f"         credentials: {check.credentials}")
+        if check.fix:
+            lines.append(f"         what to do: {check.fix}")
+    lines.append("")
+    if report.ok:
+        lines.append(f"The default backend {report.default_backend} works.")
+    else:
+        lines.append(f"The default backend {report.default_backend} does NOT work (see above).")
+    return "\n".join(lines)
