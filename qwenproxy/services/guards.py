@@ -12,9 +12,10 @@ from typing import Any
 
 # --- loop detection ------------------------------------------------------------------------
 
-# The detector keeps the last LOOP_WINDOW characters of the stream. A block is found only
-# if all its repetitions fit in the window, so blocks longer than LOOP_WINDOW // min_repeats
-# (4096 characters with the defaults) are not detected.
+# The detector looks back over the last LOOP_WINDOW characters of the stream (it holds at
+# most twice that, compacting now and then). A block is found only if all its repetitions
+# fit in the window, so blocks longer than LOOP_WINDOW // min_repeats (4096 characters with
+# the defaults) are not detected.
 LOOP_WINDOW = 16_384
 
 # Period searches are split into tiers of growing period ranges, each re-checked on its own
@@ -48,9 +49,10 @@ class _LoopRules:
             need, b = min(options)
             if b <= self.max_block and need <= LOOP_WINDOW:
                 self.required[d], self.block[d] = need, b
-        # Tiers: (first period, last period, skip after a check that finds no candidate).
-        # A period p with no probe occurrence has under p + probe periodic characters, so
-        # it cannot complete a loop in fewer than required(p) - p - probe + 1 characters.
+        # Tiers: (first period, last period, skip after a check that finds no candidate,
+        # stream length of the first check). A period p that the last `probe` characters
+        # did not occur at has fewer than p + probe periodic characters, so it cannot
+        # complete a loop in fewer than required(p) - p - probe + 1 more characters.
         self.tiers: list[tuple[int, int, int, int]] = []
         lo, hi = 1, _FIRST_TIER
         while lo <= self.max_block:
@@ -78,8 +80,8 @@ class LoopDetector:
     repetitions are complete (checkpoints are scheduled exactly, see `_check_tier`).
 
     Cost: feed() appends to a list; work happens only at checkpoints, spaced by how soon
-    a loop could possibly complete (about 200 characters apart on ordinary text), and is
-    C-level string searching and slice comparison. Memory: the last LOOP_WINDOW characters.
+    a loop could possibly complete (every 150-200 characters on ordinary text), and is
+    C-level string search and slice comparison. Memory: at most 2 * LOOP_WINDOW characters.
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class LoopDetector:
         self._rules = _loop_rules(min_pattern, min_repeats, short_pattern, short_repeats)
         self._tier_next = [tier[3] for tier in self._rules.tiers]
         self._next = min(self._tier_next, default=_NEVER)
-        self._buf = ""  # the last characters seen, up to LOOP_WINDOW once compacted
+        self._buf = ""  # the last characters seen (LOOP_WINDOW to 2 * LOOP_WINDOW of them)
         self._pending: list[str] = []  # pieces fed since the last checkpoint
         self._total = 0  # characters fed so far
         self._detected: str | None = None
@@ -130,7 +132,8 @@ class LoopDetector:
                         return self._detected
                     tier_next[k] = at + skip
             self._next = min(tier_next)
-        self._buf = buf[-LOOP_WINDOW:] if len(buf) > LOOP_WINDOW else buf
+        # Compact only when twice the window: one copy per LOOP_WINDOW characters fed.
+        self._buf = buf[-LOOP_WINDOW:] if len(buf) > 2 * LOOP_WINDOW else buf
         return None
 
     def _check_tier(self, buf: str, n: int, lo: int, hi: int, gap: int) -> int:
@@ -173,17 +176,20 @@ class LoopDetector:
             if low >= limit:
                 self._detected = buf[n - rules.block[d] : n]
                 return 0
-            skip = min(skip, limit - high + 1)
-            if first and low > m:
-                # The nearest candidate heads a long periodic run: every other candidate
-                # inside that run is a multiple of d, which cannot finish sooner. Skip them.
+            if low > m:
+                # A real run of repetition: measure it exactly, so that the next check comes
+                # exactly when it could complete (not one character at a time near the end).
                 while high - low > 1:
                     mid = (low + high) // 2
                     if buf[n - d - mid : n - d] == buf[n - mid : n]:
                         low = mid
                     else:
                         high = mid
-                end = min(end, n - d - low + m - 1)
+                if first:
+                    # The nearest candidate heads a periodic run: the other candidates inside
+                    # it are multiples of d, which cannot complete sooner. Skip them.
+                    end = min(end, n - d - low + m - 1)
+            skip = min(skip, limit - high + 1)
             first = False
 
 
@@ -193,3 +199,191 @@ def shorten_snippet(block: str, limit: int = 60) -> str:
     if len(line) <= limit:
         return line
     return line[: max(limit - 1, 0)].rstrip() + "…"
+
+
+# --- secret redaction ----------------------------------------------------------------------
+
+PLACEHOLDER = "(API_KEY_HAS_BEEN_REDACTED)"
+
+_KEY = "[A-Za-z0-9_-]"  # the characters of most key bodies
+_DIGIT = r"(?=[A-Za-z0-9_.-]*[0-9])"  # the body holds a digit: random keys do, words don't
+
+
+def _key_pattern(source: str) -> re.Pattern[str]:
+    return re.compile(source, re.ASCII)
+
+
+# Well-known key formats, one entry each: add a line to cover a new one. Patterns are ASCII
+# (compiled with re.ASCII, so a key followed by Chinese text still ends at a word boundary).
+# Each starts with its literal prefix and no leading \b (that would stop the regex engine
+# from skipping ahead to the prefix's first character, about 4x slower); the redactor
+# instead skips matches that start inside a longer word. Minimum lengths keep words out.
+SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (
+        "private_key",
+        _key_pattern(
+            r"-----BEGIN[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:[\s\S]*?-----END[A-Z0-9 ]{0,40} PRIVATE KEY(?: BLOCK)?-----"
+            r"|(?:(?:\s|\\[nr])+[A-Za-z0-9+/=]{16,})*)"  # no END (cut short): its base64 lines
+        ),
+    ),
+    ("anthropic", _key_pattern(r"sk-ant-" + _DIGIT + _KEY + "{20,}")),
+    ("openrouter", _key_pattern(r"sk-or-v1-[A-Za-z0-9]{32,}")),
+    ("coding_plan", _key_pattern(r"sk-sp-" + _DIGIT + _KEY + r"{16,}(?:\." + _KEY + "+)*")),
+    ("openai_project", _key_pattern(r"sk-(?:proj|svcacct|admin)-" + _DIGIT + _KEY + "{20,}")),
+    ("openai", _key_pattern(r"sk-[A-Za-z0-9]{40,}\b")),
+    ("dashscope", _key_pattern(r"sk-[0-9a-f]{32}\b")),
+    ("aws_access_key_id", _key_pattern(r"(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("github_token", _key_pattern(r"gh[pousr]_[A-Za-z0-9]{36,}\b")),
+    ("github_pat", _key_pattern(r"github_pat_" + _DIGIT + r"[A-Za-z0-9_]{22,}")),
+    ("google_api_key", _key_pattern(r"AIza" + _KEY + "{35}(?!" + _KEY + ")")),
+    ("slack_token", _key_pattern(r"xox[bpoas]-[0-9]+-[A-Za-z0-9-]{8,}")),
+    ("fireworks", _key_pattern(r"fw_" + _DIGIT + r"[A-Za-z0-9]{20,}\b")),
+]
+
+# The shortest text any pattern above can match (xoxb-1- and 8 more): shorter texts are
+# skipped unless a configured secret is shorter still. Keep in step with SECRET_PATTERNS.
+SHORTEST_PATTERN_MATCH = 15
+MIN_KNOWN_SECRET = 8  # configured secrets shorter than this are not searched for
+
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+
+
+def _secret_pattern() -> re.Pattern[str]:
+    """SECRET_PATTERNS as one alternation: one pass over a text finds any of them."""
+    return _key_pattern("|".join(f"(?:{pattern.pattern})" for _, pattern in SECRET_PATTERNS))
+
+
+def _starts_inside_word(text: str, start: int) -> bool:
+    """True if text[start] continues a word (so a match there is part of something longer).
+    A JSON escape such as \\n just before counts as a break, as in tool-call arguments."""
+    if start == 0:
+        return False
+    before = text[start - 1]
+    if not (before.isascii() and (before.isalnum() or before == "_")):
+        return False
+    return not (start >= 2 and text[start - 2] == "\\" and before in "nrtbf")
+
+
+class SecretRedactor:
+    """Replaces API keys (SECRET_PATTERNS) and the proxy's own configured secrets with
+    PLACEHOLDER in the text that is about to leave for an upstream."""
+
+    def __init__(self, known_secrets: Callable[[], Iterable[str]] = lambda: ()) -> None:
+        self._known_secrets = known_secrets
+        self._pattern = _secret_pattern()
+
+    def _secrets(self) -> tuple[str, ...]:
+        """Configured secrets worth searching for, longest first (so that a secret which
+        contains another is replaced whole)."""
+        found = {s for s in self._known_secrets() if isinstance(s, str)}
+        return tuple(
+            sorted((s for s in found if len(s) >= MIN_KNOWN_SECRET), key=len, reverse=True)
+        )
+
+    def redact_text(self, text: str) -> tuple[str, int]:
+        """(text with secrets replaced, number of replacements)."""
+        return self._redact(text, self._secrets())
+
+    def redact_messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """Redact chat messages: string content, text parts, tool-call arguments and tool
+        results. Never mutates the input: returns the same list when nothing changed, else
+        a new list where only the changed messages (and the dicts inside them that changed)
+        are copies."""
+        secrets = self._secrets()
+        result: list[dict[str, Any]] | None = None
+        total = 0
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict):
+                continue
+            changed, count = self._redact_message(message, secrets)
+            if count:
+                if result is None:
+                    result = list(messages)
+                result[index] = changed
+                total += count
+        return (messages if result is None else result), total
+
+    def _redact_message(
+        self, message: dict[str, Any], secrets: tuple[str, ...]
+    ) -> tuple[dict[str, Any], int]:
+        total = 0
+        updates: dict[str, Any] = {}
+        content = message.get("content")
+        if isinstance(content, str):
+            new_text, count = self._redact(content, secrets)
+            if count:
+                updates["content"], total = new_text, total + count
+        elif isinstance(content, list):
+            any_text = message.get("role") == "tool"
+            new_parts, count = self._redact_parts(content, secrets, any_text)
+            if count:
+                updates["content"], total = new_parts, total + count
+        tool_calls = message.get("tool_calls")
+        if isinstance(tool_calls, list):
+            new_calls, count = self._redact_tool_calls(tool_calls, secrets)
+            if count:
+                updates["tool_calls"], total = new_calls, total + count
+        if not total:
+            return message, 0
+        return {**message, **updates}, total
+
+    def _redact_parts(
+        self, parts: list[Any], secrets: tuple[str, ...], any_text: bool
+    ) -> tuple[list[Any], int]:
+        result: list[Any] | None = None
+        total = 0
+        for index, part in enumerate(parts):
+            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                continue
+            if not any_text and part.get("type") not in TEXT_PART_TYPES:
+                continue
+            new_text, count = self._redact(part["text"], secrets)
+            if count:
+                if result is None:
+                    result = list(parts)
+                result[index] = {**part, "text": new_text}
+                total += count
+        return (parts if result is None else result), total
+
+    def _redact_tool_calls(
+        self, calls: list[Any], secrets: tuple[str, ...]
+    ) -> tuple[list[Any], int]:
+        result: list[Any] | None = None
+        total = 0
+        for index, call in enumerate(calls):
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+                continue
+            new_arguments, count = self._redact(function["arguments"], secrets)
+            if count:
+                if result is None:
+                    result = list(calls)
+                result[index] = {**call, "function": {**function, "arguments": new_arguments}}
+                total += count
+        return (calls if result is None else result), total
+
+    def _redact(self, text: str, secrets: tuple[str, ...]) -> tuple[str, int]:
+        shortest = SHORTEST_PATTERN_MATCH  # secrets come longest first: the last is shortest
+        if secrets:
+            shortest = min(shortest, len(secrets[-1]))
+        if len(text) < shortest:
+            return text, 0
+        total = 0
+        for secret in secrets:
+            if secret in text:
+                total += text.count(secret)
+                text = text.replace(secret, PLACEHOLDER)
+        if self._pattern.search(text) is None:
+            return text, total
+        replaced = 0
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal replaced
+            if _starts_inside_word(match.string, match.start()):
+                return match.group()
+            replaced += 1
+            return PLACEHOLDER
+
+        text = self._pattern.sub(replace, text)
+        return text, total + replaced
