@@ -112,7 +112,11 @@ def reply_stream(
     events: list[dict[str, Any] | str], delay: float = 0.0, done: bool = True
 ) -> Reply:
     def reply(fake: FakeUpstream, request: dict[str, Any]) -> WSGIReply:
-        return "200 OK", [("Content-Type", "text/event-stream")], sse(events, delay, done)
+        return (
+            "200 OK",
+            [("Content-Type", "text/event-stream")],
+            sse(events, delay, done, on_close=fake.stream_closed.set),
+        )
 
     return reply
 

@@ -18,8 +18,9 @@ import orjson
 from qwenproxy.errors import ProxyError, RateLimitError, UpstreamError
 from qwenproxy.services.backends import UpstreamStream
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
+from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.router import Plan, Router, Target
-from qwenproxy.services.sessions import SessionState, SessionStore
+from qwenproxy.services.sessions import SessionStore
 from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, SSEEvent, encode_data
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,62 @@ def _has_finish(chunk: dict[str, Any]) -> bool:
     return any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
 
 
+def _loop_stop_frames(last: dict[str, Any], block: str) -> Iterator[bytes]:
+    """A closing notice, a `finish_reason: stop` chunk and [DONE], shaped like `last`."""
+    base = {key: last[key] for key in ("id", "object", "created", "model") if key in last}
+    notice = (
+        "\n\n[qwenproxy] Response stopped: the model kept repeating itself "
+        f'("{shorten_snippet(block)}").'
+    )
+    for delta, finish in (({"content": notice}, None), ({}, "stop")):
+        yield encode_data(
+            orjson.dumps(
+                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            )
+        )
+    yield DONE_FRAME
+
+
 def error_frame(error: ProxyError) -> bytes:
     return encode_data(orjson.dumps(error.to_body()))
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Guard defaults from configuration; sessions may switch each toggle."""
+
+    loop_detection: bool = True
+    loop_min_pattern: int = 100
+    loop_min_repeats: int = 4
+    loop_short_pattern: int = 20
+    loop_short_repeats: int = 12
+    redact_api_keys: bool = True
+
+    def loop_detector(self) -> LoopDetector:
+        return LoopDetector(
+            self.loop_min_pattern,
+            self.loop_min_repeats,
+            self.loop_short_pattern,
+            self.loop_short_repeats,
+        )
+
+
+def _delta_text(chunk: dict[str, Any]) -> str:
+    choices = chunk.get("choices")
+    if not choices:
+        return ""
+    delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""
+
+
+def _message_text(body: dict[str, Any]) -> str:
+    choices = body.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else ""
 
 
 def _can_fail_over(error: ProxyError) -> bool:
@@ -214,12 +269,16 @@ class CompletionService:
         router: Router,
         sessions: SessionStore,
         commands: CommandProcessor,
+        redactor: SecretRedactor | None = None,
+        guards: GuardSettings | None = None,
         stream_keepalive: float | None = None,
         on_finish: Callable[[RequestContext], None] | None = None,
     ) -> None:
         self.router = router
         self.sessions = sessions
         self.commands = commands
+        self.redactor = redactor or SecretRedactor()
+        self.guards = guards or GuardSettings()
         self.stream_keepalive = stream_keepalive
         self.on_finish = on_finish
 
@@ -275,13 +334,30 @@ class CompletionService:
             if claimed is not None:  # exactly one request of this session takes the one-off
                 model_now = state.oneoff
         plan = self.router.plan(model_now or state.model or body.get("model"), state.backend)
+        messages = merge_system_messages(extraction.messages)
+        redact = (
+            self.guards.redact_api_keys
+            if state.redact_api_keys is None
+            else (state.redact_api_keys)
+        )
+        if redact:
+            messages, ctx.redactions = self.redactor.redact_messages(messages)
         upstream = dict(body)
-        upstream["messages"] = merge_system_messages(extraction.messages)
+        upstream["messages"] = messages
+        loops = (
+            self.guards.loop_detection if state.loop_detection is None else (state.loop_detection)
+        )
         if ctx.stream:
-            return self._stream(plan, upstream, body, ctx, state)
-        upstream.pop("stream", None)
-        upstream.pop("stream_options", None)
-        return self._complete(plan, upstream, ctx)
+            result: Completion | StreamingCompletion = self._stream(
+                plan, upstream, body, ctx, loops
+            )
+        else:
+            upstream.pop("stream", None)
+            upstream.pop("stream_options", None)
+            result = self._complete(plan, upstream, ctx, loops)
+        if ctx.redactions:
+            result.headers["X-Qwenproxy-Redactions"] = str(ctx.redactions)
+        return result
 
     # --- attempts with failover -----------------------------------------------------------
 
@@ -338,11 +414,22 @@ class CompletionService:
             "X-Qwenproxy-Model": target.upstream_model,
         }
 
-    def _complete(self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext) -> Completion:
+    def _complete(
+        self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext, loops: bool
+    ) -> Completion:
         reply, target = self._attempt(plan, upstream, ctx, "complete")
         usage = reply.body.get("usage")
         ctx.usage = usage if isinstance(usage, dict) else None
-        return Completion(reply.body, {**self._served_by(target), **reply.headers})
+        headers = {**self._served_by(target), **reply.headers}
+        if loops:  # too late to save tokens, but the ledger and the client learn of it
+            block = self.guards.loop_detector().feed(_message_text(reply.body))
+            if block is not None:
+                ctx.loop_detected = True
+                headers["X-Qwenproxy-Loop-Detected"] = "true"
+                log.warning(
+                    "answer from %s repeats itself: %r", target.backend.name, shorten_snippet(block)
+                )
+        return Completion(reply.body, headers)
 
     def _stream(
         self,
@@ -350,12 +437,13 @@ class CompletionService:
         upstream: dict[str, Any],
         body: dict[str, Any],
         ctx: RequestContext,
-        state: SessionState,
+        loops: bool,
     ) -> StreamingCompletion:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         opened, target = self._attempt(plan, upstream, ctx, "stream")
-        frames = self._frames(opened, target, ctx, client_wants_usage)
+        detector = self.guards.loop_detector() if loops else None
+        frames = self._frames(opened, target, ctx, client_wants_usage, detector)
         return StreamingCompletion(frames, self._served_by(target))
 
     def _frames(
@@ -364,6 +452,7 @@ class CompletionService:
         target: Target,
         ctx: RequestContext,
         client_wants_usage: bool,
+        detector: LoopDetector | None,
     ) -> Iterator[bytes]:
         indexer = ToolCallIndexer()
         finished = False
@@ -409,6 +498,14 @@ class CompletionService:
                 if b'"tool_calls"' in data and indexer.fill(chunk):
                     changed = True
                 yield encode_data(orjson.dumps(chunk) if changed else data)
+                if detector is not None and b'"content"' in data:
+                    block = detector.feed(_delta_text(chunk))
+                    if block is not None:
+                        upstream.close()  # stop paying for the loop at once
+                        ctx.loop_detected = True
+                        log.warning("stopped a looping stream from %s", name)
+                        yield from _loop_stop_frames(chunk, block)
+                        return
             if not finished:
                 raise UpstreamError(f"Backend {name} closed the stream before it finished.")
             yield DONE_FRAME

@@ -16,6 +16,7 @@ from requests.adapters import HTTPAdapter
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
+from qwenproxy.errors import ProxyError
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
 from qwenproxy.services.backend_specs import (
@@ -30,7 +31,8 @@ from qwenproxy.services.backends import (
     StaticKeyCredentials,
 )
 from qwenproxy.services.commands import CommandProcessor
-from qwenproxy.services.completions import CompletionService
+from qwenproxy.services.completions import CompletionService, GuardSettings
+from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
@@ -61,9 +63,13 @@ class Services:
     sessions: SessionStore
     token_managers: list[QwenTokenManager] = field(default_factory=list)
 
-    def secrets(self) -> Iterator[str]:
-        """Every secret the proxy holds right now (for log scrubbing and redaction)."""
-        config = self.config
+    secrets: Callable[[], Iterator[str]] = lambda: iter(())
+
+
+def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
+    """Every secret the proxy holds at call time (for redaction and log scrubbing)."""
+
+    def secrets() -> Iterator[str]:
         yield from config.proxy_api_keys
         for keys in (
             config.dashscope_api_keys,
@@ -74,11 +80,15 @@ class Services:
             yield from keys
         for custom in config.custom_backends:
             yield from custom.api_keys
-        for manager in self.token_managers:
-            creds = manager.cached()
-            if creds is not None:
-                yield creds.access_token
-                yield creds.refresh_token
+        for manager in managers:
+            try:
+                creds = manager.current()
+            except ProxyError:  # no login: nothing to hide
+                continue
+            yield creds.access_token
+            yield creds.refresh_token
+
+    return secrets
 
 
 def build_services(
@@ -142,8 +152,21 @@ def build_services(
             "loop_detection": config.loop_detection,
         },
     )
+    secrets = secrets_of(config, managers)
     completions = CompletionService(
-        router, sessions, commands, stream_keepalive=config.stream_keepalive
+        router,
+        sessions,
+        commands,
+        redactor=SecretRedactor(secrets),
+        guards=GuardSettings(
+            loop_detection=config.loop_detection,
+            loop_min_pattern=config.loop_min_pattern,
+            loop_min_repeats=config.loop_min_repeats,
+            loop_short_pattern=config.loop_short_pattern,
+            loop_short_repeats=config.loop_short_repeats,
+            redact_api_keys=config.redact_api_keys_in_prompts,
+        ),
+        stream_keepalive=config.stream_keepalive,
     )
     return Services(
         config=config,
@@ -154,4 +177,5 @@ def build_services(
         db=db,
         sessions=sessions,
         token_managers=managers,
+        secrets=secrets,
     )

@@ -1,0 +1,49 @@
+"""The log filter scrubs configured secrets and bearer tokens from every record."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from qwenproxy.logs import SecretFilter, configure_logging
+
+
+def capture(secret_filter: SecretFilter) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(secret_filter)
+    logger = logging.getLogger(f"test.logs.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    return logger, stream
+
+
+def test_secrets_args_bearer_tokens_and_tracebacks_are_scrubbed():
+    logger, stream = capture(SecretFilter(lambda: ["sk-configured-secret-1"]))
+    logger.info("calling with %s", "sk-configured-secret-1")
+    logger.info("header Authorization: Bearer abcdefghijklmnop1234 sent")
+    logger.info("url https://x.test/v1?api_key=zzzzzzzzzz&other=1")
+    try:
+        raise RuntimeError("failed for sk-configured-secret-1")
+    except RuntimeError:
+        logger.exception("boom")
+    out = stream.getvalue()
+    assert "sk-configured-secret-1" not in out
+    assert "abcdefghijklmnop1234" not in out and "zzzzzzzzzz" not in out
+    assert out.count("[REDACTED]") >= 4
+    assert "RuntimeError" in out  # the traceback itself is kept
+
+
+def test_configure_logging_guards_gunicorn_handlers():
+    gunicorn_error = logging.getLogger("gunicorn.error")
+    handler = logging.StreamHandler(io.StringIO())
+    gunicorn_error.addHandler(handler)
+    try:
+        configure_logging("INFO", lambda: ["secret-value-99"])
+        configure_logging("INFO", lambda: ["secret-value-99"])  # idempotent
+        assert sum(isinstance(f, SecretFilter) for f in handler.filters) == 1
+        gunicorn_error.warning("worker saw secret-value-99")
+        assert "secret-value-99" not in handler.stream.getvalue()
+    finally:
+        gunicorn_error.removeHandler(handler)
