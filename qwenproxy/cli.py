@@ -17,6 +17,7 @@ from qwenproxy import __version__
 from qwenproxy.config import Config, ConfigError
 from qwenproxy.errors import ProxyError
 from qwenproxy.services.qwen_creds import CredentialsFile, api_base_from_resource_url
+from qwenproxy.usage_report import add_usage_command
 
 
 def _time_left(expiry_ms: float, now: float) -> str:
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.set_defaults(handler=cmd_auth_status, refresh=True)
     login = auth_commands.add_parser("login", help="log in with the device flow")
     login.set_defaults(handler=cmd_auth_login)
+
+    add_usage_command(commands)
     return parser
 
 

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def fake_server() -> FakeUpstream:
-    return FakeUpstream().start()
+def fake_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -36,8 +38,10 @@ def fake(fake_server: FakeUpstream) -> FakeUpstream:
 
 
 @pytest.fixture(scope="session")
-def fake_b_server() -> FakeUpstream:
-    return FakeUpstream().start()
+def fake_b_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

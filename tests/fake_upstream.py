@@ -306,12 +306,24 @@ class FakeUpstream:
             # A gevent socket, so that accepting never blocks this thread's hub.
             listener = gevent.socket.socket(fileno=self._listener.detach())
             self._server = WSGIServer(listener, self, log=None, error_log=None)
+            self._hub = gevent.get_hub()
             self._server.start()
             self._started.set()
-            self._server.serve_forever()
+            self._server.serve_forever(stop_timeout=1)
+            self._hub.destroy(destroy_loop=True)
 
         self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
         self._thread.start()
         if not self._started.wait(10):
             raise RuntimeError("fake upstream did not start")
         return self
+
+    def stop(self) -> None:
+        """Stop the server from its own hub and join the thread (a gevent hub left running
+        in a thread while the interpreter exits can crash it)."""
+        if self._thread is None or self._server is None:
+            return
+        server = self._server
+        self._hub.loop.run_callback_threadsafe(lambda: gevent.spawn(server.stop, 1))
+        self._thread.join(10)
+        self._thread = None

@@ -4,6 +4,7 @@ per-request context (client, session) handed to the pipeline."""
 from __future__ import annotations
 
 from flask import current_app, g, request
+from werkzeug.datastructures import Headers
 
 from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.container import Services
@@ -22,3 +23,15 @@ def require_client() -> None:
 def request_context() -> RequestContext:
     client_id = g.client_id
     return RequestContext(client_id, session_id_for(client_id, request.headers.get("X-Session-ID")))
+
+
+def require_client_or_key_param() -> None:
+    """Like `require_client`, and also takes the proxy key as `?key=` (a browser opening
+    /dashboard cannot send a header). The key in the URL wins over any header."""
+    key = request.args.get("key", "").strip()
+    headers = request.headers
+    if key:
+        headers = Headers(request.headers)
+        headers.remove("Authorization")
+        headers["x-api-key"] = key
+    g.client_id = services().access.check(headers, request.remote_addr)

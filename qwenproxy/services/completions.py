@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,7 +272,7 @@ class CompletionService:
         redactor: SecretRedactor | None = None,
         guards: GuardSettings | None = None,
         stream_keepalive: float | None = None,
-        on_finish: Callable[[RequestContext], None] | None = None,
+        accounting: Any = None,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -280,7 +280,7 @@ class CompletionService:
         self.redactor = redactor or SecretRedactor()
         self.guards = guards or GuardSettings()
         self.stream_keepalive = stream_keepalive
-        self.on_finish = on_finish
+        self.accounting = accounting  # services.accounting.Accounting, or None
 
     # --- the entry point ----------------------------------------------------------------
 
@@ -300,9 +300,9 @@ class CompletionService:
     def _finish(self, ctx: RequestContext) -> None:
         if ctx.finished_at is None:
             ctx.finished_at = time.perf_counter()
-        if self.on_finish is not None:
+        if self.accounting is not None:
             try:
-                self.on_finish(ctx)
+                self.accounting.finished(ctx)
             except Exception:  # accounting must never break a request
                 log.exception("recording a finished request failed")
 
@@ -457,6 +457,8 @@ class CompletionService:
         indexer = ToolCallIndexer()
         finished = False
         name = target.backend.name
+        if self.accounting is not None:
+            self.accounting.stream_opened()
         try:
             for event in events_with_keepalive(upstream, self.stream_keepalive):
                 if event is None:
@@ -518,6 +520,8 @@ class CompletionService:
             raise
         finally:
             upstream.close()
+            if self.accounting is not None:
+                self.accounting.stream_closed()
             self._finish(ctx)
 
     # --- answers the proxy gives itself ---------------------------------------------------

@@ -19,6 +19,7 @@ from qwenproxy.config import Config
 from qwenproxy.errors import ProxyError
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
+from qwenproxy.services.accounting import Accounting
 from qwenproxy.services.backend_specs import (
     effective_default_backend,
     key_backend_specs,
@@ -33,11 +34,13 @@ from qwenproxy.services.backends import (
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.guards import SecretRedactor
+from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.store import Database, default_database_url
+from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
 
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
 
@@ -63,6 +66,8 @@ class Services:
     sessions: SessionStore
     token_managers: list[QwenTokenManager] = field(default_factory=list)
 
+    ledger: UsageLedger | NullLedger | None = None
+    metrics: Metrics | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
 
 
@@ -98,6 +103,7 @@ def build_services(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Services:
     http = http or make_http_session()
+    metrics = build_metrics(config.data_dir)
     timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
     user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
     managers = [
@@ -109,6 +115,7 @@ def build_services(
             timeout=(config.upstream_connect_timeout, 30.0),
             clock=clock,
             sleep=sleep,
+            on_refresh=metrics.token_refresh,
         )
         for path in config.qwen_oauth_creds
     ]
@@ -153,6 +160,12 @@ def build_services(
         },
     )
     secrets = secrets_of(config, managers)
+    ledger: UsageLedger | NullLedger = (
+        NullLedger()
+        if config.disable_accounting
+        else UsageLedger(db, clock=clock, log_format=config.log_format)
+    )
+    ledger.start()
     completions = CompletionService(
         router,
         sessions,
@@ -167,6 +180,7 @@ def build_services(
             redact_api_keys=config.redact_api_keys_in_prompts,
         ),
         stream_keepalive=config.stream_keepalive,
+        accounting=Accounting(ledger, metrics),
     )
     return Services(
         config=config,
@@ -177,5 +191,7 @@ def build_services(
         db=db,
         sessions=sessions,
         token_managers=managers,
+        ledger=ledger,
+        metrics=metrics,
         secrets=secrets,
     )

@@ -243,7 +243,7 @@ def _ms(value: float | None) -> str:
 def human_log_line(rec: UsageRecord) -> str:
     line = (
         f"req {rec.id[:8]} session={_log_value(rec.session_id)} "
-        f"key={_log_value(rec.client_key_id)} backend={_log_value(rec.backend)} "
+        f"client={_log_value(rec.client_key_id)} backend={_log_value(rec.backend)} "
         f"model={_log_value(rec.upstream_model or rec.requested_model)} status={rec.status} "
         f"tokens={rec.prompt_tokens or 0}/{rec.completion_tokens or 0} "
         f"latency={_ms(rec.latency_ms)} ttft={_ms(rec.ttft_ms)}"
@@ -402,6 +402,7 @@ class UsageLedger:
                 self._write(batch)
                 if deadline is not None and time.monotonic() >= deadline:
                     return not self._queue
+                time.sleep(0)  # between batches, let other greenlets (or threads) run
         finally:
             self._warn_dropped()
 
@@ -482,8 +483,13 @@ class UsageLedger:
         first = math.floor((now - since_s) / width) * width
         count = math.floor((now - first) / width) + 1
         series = [
-            {"start": first + i * width, "requests": 0, "errors": 0, "prompt_tokens": 0,
-             "completion_tokens": 0}
+            {
+                "start": first + i * width,
+                "requests": 0,
+                "errors": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
             for i in range(count)
         ]
         for row in rows:

@@ -1,0 +1,73 @@
+"""What the pipeline reports about each request: one usage record (ledger + metrics +
+log line, all off the request path) and the stream, failover and loop events."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from qwenproxy.services.completions import RequestContext
+from qwenproxy.services.usage import UsageRecord, tokens_per_second
+
+
+class Ledger(Protocol):
+    def record(self, rec: UsageRecord) -> None: ...
+
+
+class MetricsSink(Protocol):
+    def observe(self, rec: UsageRecord) -> None: ...
+    def stream_opened(self) -> None: ...
+    def stream_closed(self) -> None: ...
+    def failover(self) -> None: ...
+    def loop_detected(self) -> None: ...
+
+
+def usage_record(ctx: RequestContext) -> UsageRecord:
+    finished = ctx.finished_at or ctx.started
+    rec = UsageRecord(
+        started_at=ctx.started_at,
+        session_id=ctx.session_id,
+        client_key_id=ctx.client_id,
+        backend=ctx.backend or "",
+        upstream_model=ctx.upstream_model or "",
+        requested_model=ctx.requested_model or "",
+        stream=ctx.stream,
+        status=ctx.status,
+        error_code=ctx.error_code,
+        latency_ms=(finished - ctx.started) * 1000,
+        ttft_ms=ctx.ttft_ms,
+        upstream_latency_ms=ctx.upstream_latency_ms,
+        failover_attempts=max(0, ctx.attempts - 1),
+        loop_detected=ctx.loop_detected,
+        command_only=ctx.command_only,
+    )
+    rec.apply_usage(ctx.usage)
+    if ctx.first_token_at is not None:  # streams: generation time after the first token
+        generation = finished - ctx.first_token_at
+    else:
+        generation = (ctx.upstream_latency_ms or 0) / 1000
+    rec.tokens_per_s = tokens_per_second(rec.completion_tokens, generation)
+    return rec
+
+
+class Accounting:
+    """Turns finished requests into ledger rows and metrics; never raises into a request."""
+
+    def __init__(self, ledger: Ledger, metrics: MetricsSink) -> None:
+        self.ledger = ledger
+        self.metrics = metrics
+
+    def finished(self, ctx: RequestContext) -> None:
+        rec = usage_record(ctx)
+        self.metrics.observe(rec)
+        self.ledger.record(rec)
+        if ctx.attempts > 1:
+            for _ in range(ctx.attempts - 1):
+                self.metrics.failover()
+        if ctx.loop_detected:
+            self.metrics.loop_detected()
+
+    def stream_opened(self) -> None:
+        self.metrics.stream_opened()
+
+    def stream_closed(self) -> None:
+        self.metrics.stream_closed()

@@ -1,0 +1,66 @@
+"""KeyValueTable on SQLite and PostgreSQL: absent keys, insert-once, compare-and-set,
+touch and expiry; and the schema is created idempotently."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from qwenproxy.services.store import Database, KeyValueTable, sessions_table
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def updated_at(db: Database, key: str) -> float:
+    with db.engine.connect() as conn:
+        return conn.execute(
+            sa.select(sessions_table.c.updated_at).where(sessions_table.c.id == key)
+        ).scalar_one()
+
+
+def test_absent_key_reads_as_none(database):
+    assert KeyValueTable(database, sessions_table).get_raw("nobody") is None
+
+
+def test_first_write_inserts_and_a_second_insert_of_the_same_key_loses(database):
+    table = KeyValueTable(database, sessions_table)
+    assert table.put_raw("s1", '{"a": 1}', expected=None) is True
+    assert table.put_raw("s1", '{"a": 2}', expected=None) is False
+    assert table.get_raw("s1") == '{"a": 1}'
+    # the failed insert left the connection usable
+    assert table.put_raw("s2", "{}", expected=None) is True
+
+
+def test_compare_and_set_writes_only_over_the_expected_value(database):
+    table = KeyValueTable(database, sessions_table)
+    table.put_raw("s1", "v1", expected=None)
+    assert table.put_raw("s1", "v2", expected="v1") is True
+    assert table.put_raw("s1", "v3", expected="v1") is False
+    assert table.get_raw("s1") == "v2"
+
+
+def test_touch_moves_updated_at_and_old_rows_expire(database):
+    clock = Clock(1000.0)
+    table = KeyValueTable(database, sessions_table, clock)
+    table.put_raw("old", "{}", expected=None)
+    table.put_raw("kept", "{}", expected=None)
+    clock.now = 2000.0
+    table.touch("kept")
+    assert updated_at(database, "kept") == 2000.0
+    assert table.delete_older_than(1500.0) == 1
+    assert table.get_raw("old") is None
+    assert table.get_raw("kept") == "{}"
+
+
+def test_opening_the_database_twice_keeps_its_rows(database_url):
+    first = Database(database_url)
+    KeyValueTable(first, sessions_table).put_raw("s1", "{}", expected=None)
+    first.dispose()
+    second = Database(database_url)
+    assert KeyValueTable(second, sessions_table).get_raw("s1") == "{}"
+    second.dispose()
