@@ -45,8 +45,11 @@ class SecretFilter(logging.Filter):
 LOGGERS_TO_GUARD = ("", "gunicorn.error", "gunicorn.access", "werkzeug")
 
 
-def configure_logging(level: str, secrets: Callable[[], Iterable[str]]) -> SecretFilter:
-    """Give `qwenproxy` a stderr handler (unless one exists) and guard every handler."""
+def configure_logging(
+    level: str, secrets: Callable[[], Iterable[str]], log_format: str = "human"
+) -> SecretFilter:
+    """Give `qwenproxy` a stderr handler (unless one exists) and guard every handler.
+    With `log_format="json"`, the per-request lines (`qwenproxy.requests`) are bare JSON."""
     package = logging.getLogger("qwenproxy")
     package.setLevel(level)
     if not package.handlers:
@@ -54,8 +57,14 @@ def configure_logging(level: str, secrets: Callable[[], Iterable[str]]) -> Secre
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
         package.propagate = False
+    requests_log = logging.getLogger("qwenproxy.requests")
+    if log_format == "json" and not requests_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        requests_log.addHandler(handler)
+        requests_log.propagate = False
     secret_filter = SecretFilter(secrets)
-    for name in (*LOGGERS_TO_GUARD, "qwenproxy"):
+    for name in (*LOGGERS_TO_GUARD, "qwenproxy", "qwenproxy.requests"):
         for handler in logging.getLogger(name).handlers:
             for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
                 handler.removeFilter(old)

@@ -47,3 +47,27 @@ def test_configure_logging_guards_gunicorn_handlers():
         assert "secret-value-99" not in handler.stream.getvalue()
     finally:
         gunicorn_error.removeHandler(handler)
+
+
+def test_json_request_lines_are_bare_json(tmp_path, make_config, fake):
+    import json as jsonlib
+    import logging as logging_mod
+
+    from qwenproxy import create_app
+
+    requests_log = logging_mod.getLogger("qwenproxy.requests")
+    for handler in list(requests_log.handlers):
+        requests_log.removeHandler(handler)
+    app = create_app(make_config(log_format="json"))
+    stream = io.StringIO()
+    requests_log.handlers[0].setStream(stream)
+    try:
+        app.test_client().post("/v1/chat/completions",
+                               json={"messages": [{"role": "user", "content": "hi"}]})
+        assert app.extensions["qwenproxy"].ledger.flush(5)
+        line = jsonlib.loads(stream.getvalue().strip().splitlines()[-1])
+        assert line["event"] == "request" and line["status"] == 200 and line["total_tokens"] == 10
+    finally:
+        for handler in list(requests_log.handlers):
+            requests_log.removeHandler(handler)
+        requests_log.propagate = True
