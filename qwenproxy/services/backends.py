@@ -260,12 +260,7 @@ class OpenAICompatibleBackend:
             raise self._transport_error(exc) from None
         finally:
             response.close()
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"Backend {self.name} answered with invalid JSON.") from None
-        if not isinstance(parsed, dict):
-            raise UpstreamError(f"Backend {self.name} answered with unexpected JSON.")
+        parsed = parse_upstream_object(raw, f"Backend {self.name} answered with")
         if "error" in parsed and "choices" not in parsed:
             error = parsed["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
@@ -333,6 +328,17 @@ class OpenAICompatibleBackend:
         ):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
         return UpstreamError(f"Could not reach backend {self.name}.")
+
+
+def parse_upstream_object(raw: bytes, what: str) -> dict[str, Any]:
+    """One JSON object from an upstream, or UpstreamError("<what> invalid JSON")."""
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"{what} invalid JSON.") from None
+    if not isinstance(parsed, dict):
+        raise UpstreamError(f"{what} unexpected JSON.")
+    return parsed
 
 
 def _is_quota_exhausted(message: str, code: str | None) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import ProxyError, RateLimitError, UpstreamError
-from qwenproxy.services.backends import UpstreamStream
+from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.router import Plan, Router, Target
@@ -468,12 +468,7 @@ class CompletionService:
                 if data == DONE_DATA:
                     yield DONE_FRAME
                     return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(f"Backend {name} sent a malformed stream event.") from None
-                if not isinstance(chunk, dict):
-                    raise UpstreamError(f"Backend {name} sent an unexpected stream event.")
+                chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
                 if ctx.first_token_at is None:
                     ctx.first_token_at = time.perf_counter()
                     ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
