@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from qwenproxy.api import chat, dashboard, health, models, usage
+from qwenproxy.api import anthropic, chat, dashboard, health, models, responses, usage
 from qwenproxy.api.errors import register_error_handlers
 
 
@@ -13,5 +13,8 @@ def register_api(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(anthropic.bp)
+    app.register_blueprint(anthropic.hello_bp)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(usage.bp)
     app.register_blueprint(dashboard.bp)

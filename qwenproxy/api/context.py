@@ -20,9 +20,12 @@ def require_client() -> None:
     g.client_id = services().access.check(request.headers, request.remote_addr)
 
 
-def request_context() -> RequestContext:
+def request_context(requested_model: str | None = None) -> RequestContext:
+    """The pipeline's context for this request; front doors that translate model names
+    pass the name their client sent, so the ledger shows it."""
     client_id = g.client_id
-    return RequestContext(client_id, session_id_for(client_id, request.headers.get("X-Session-ID")))
+    session = session_id_for(client_id, request.headers.get("X-Session-ID"))
+    return RequestContext(client_id, session, requested_model=requested_model)
 
 
 def require_client_or_key_param() -> None:

@@ -28,7 +28,7 @@ def error_response(error: ProxyError) -> Response:
     return response
 
 
-def _from_http_exception(exc: HTTPException) -> ProxyError:
+def proxy_error_for(exc: HTTPException) -> ProxyError:
     status = exc.code or 500
     if status == 404:
         return NotFoundError(f"Unknown route: {request.method} {request.path}")
@@ -49,7 +49,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return error_response(_from_http_exception(exc))
+        return error_response(proxy_error_for(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -285,7 +285,8 @@ class CompletionService:
     # --- the entry point ----------------------------------------------------------------
 
     def handle(self, body: dict[str, Any], ctx: RequestContext) -> Completion | StreamingCompletion:
-        ctx.requested_model = body.get("model")
+        if ctx.requested_model is None:  # a front door may have set what its client sent
+            ctx.requested_model = body.get("model")
         ctx.stream = bool(body.get("stream"))
         try:
             result = self._handle(body, ctx)
@@ -455,7 +456,8 @@ class CompletionService:
         detector: LoopDetector | None,
     ) -> Iterator[bytes]:
         indexer = ToolCallIndexer()
-        finished = False
+        finished = False  # the upstream sent a finish_reason
+        completed = False  # the last frame for the client is on its way
         name = target.backend.name
         if self.accounting is not None:
             self.accounting.stream_opened()
@@ -466,6 +468,7 @@ class CompletionService:
                     continue
                 data = event.data
                 if data == DONE_DATA:
+                    completed = True
                     yield DONE_FRAME
                     return
                 chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
@@ -479,6 +482,7 @@ class CompletionService:
                     ctx.error_code = (error.get("code") if isinstance(error, dict) else None) or (
                         "upstream_error"
                     )
+                    completed = True
                     yield encode_data(data)
                     return
                 changed = False
@@ -500,18 +504,22 @@ class CompletionService:
                     if block is not None:
                         upstream.close()  # stop paying for the loop at once
                         ctx.loop_detected = True
+                        completed = True
                         log.warning("stopped a looping stream from %s", name)
                         yield from _loop_stop_frames(chunk, block)
                         return
             if not finished:
                 raise UpstreamError(f"Backend {name} closed the stream before it finished.")
+            completed = True
             yield DONE_FRAME
         except ProxyError as exc:
             log.warning("stream from %s failed: %s", name, exc.code)
             ctx.fail(exc)
+            completed = True
             yield error_frame(exc)
         except GeneratorExit:
-            ctx.status, ctx.error_code = 499, "client_disconnected"
+            if not completed:  # closed before its last frame: the client went away
+                ctx.status, ctx.error_code = 499, "client_disconnected"
             raise
         finally:
             upstream.close()

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from qwenproxy import create_app
+from tests.conftest import free_port, write_creds
 from tests.fake_upstream import (
     USAGE_CHUNK,
     chunk,
@@ -236,13 +237,11 @@ def test_upstream_5xx_is_502(client, fake):
     assert response.json["error"]["code"] == "upstream_error"
 
 
-def test_upstream_refusing_connections_is_502(make_config):
-    app = create_app(make_config(qwen_api_base="http://127.0.0.1:9"))
+def test_upstream_refusing_connections_is_502(make_config, creds_path, fake):
     # resource_url in the creds file wins over QWEN_API_BASE; point it at a closed port.
-    creds_file = app.extensions["qwenproxy"].token_managers[0].file
-    raw = json.loads(creds_file.path.read_text())
-    raw["resource_url"] = "http://127.0.0.1:9"
-    creds_file.path.write_text(json.dumps(raw))
+    # (Written before the app starts: a running proxy re-reads the file every 5 s at most.)
+    write_creds(creds_path, fake, resource_url=f"http://127.0.0.1:{free_port()}")
+    app = create_app(make_config())
     response = post(app.test_client(), {"messages": USER})
     assert response.status_code == 502
     assert "Could not reach backend qwen-oauth" in response.json["error"]["message"]

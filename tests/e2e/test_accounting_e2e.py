@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
+from tests.e2e.conftest import openai_client
 from tests.fake_upstream import reply_error
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +35,7 @@ def poll(fetch, predicate, timeout: float = 10.0):
 def test_ledger_metrics_and_cli_for_a_known_sequence(start_proxy, fake, tmp_path):
     data_dir = tmp_path / "data"
     proxy = start_proxy(WEB_CONCURRENCY="2", PROXY_API_KEY=KEY, QWENPROXY_DATA_DIR=str(data_dir))
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
+    client = openai_client(proxy, KEY)
     auth = {"Authorization": f"Bearer {KEY}"}
 
     client.chat.completions.create(model="qwen3-coder-plus", messages=USER)
@@ -94,7 +95,7 @@ def test_disconnected_stream_is_recorded(start_proxy, fake, tmp_path):
 
     proxy = start_proxy(PROXY_API_KEY=KEY)
     fake.script.append(reply_endless_stream(0.02))
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
+    client = openai_client(proxy, KEY)
     stream = client.chat.completions.create(model="m", messages=USER, stream=True)
     for n, _chunk in enumerate(stream):
         if n == 2:

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT, write_creds
+from tests.e2e.conftest import openai_client
 from tests.fake_upstream import chunk, reply_endless_stream, reply_stream
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +25,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 def sdk(proxy, key: str = "anything") -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0, timeout=20)
+    return openai_client(proxy, key)
 
 
 def test_sdk_non_stream_and_stream(start_proxy, fake):

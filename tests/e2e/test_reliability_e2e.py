@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import write_creds
+from tests.e2e.conftest import openai_client
 from tests.fake_upstream import chunk, reply_endless_stream, reply_stream
 
 pytestmark = pytest.mark.e2e
@@ -129,7 +130,7 @@ def test_hung_upstream_mid_stream_gives_an_sse_error_frame(start_proxy, fake):
 
     fake.script.append(hang_after_first)
     proxy = start_proxy(UPSTREAM_READ_TIMEOUT="1", STREAM_KEEPALIVE="30")
-    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    client = openai_client(proxy)
     seen = []
     with pytest.raises(openai.APIError) as caught:
         for c in client.chat.completions.create(model="m", messages=USER, stream=True):
@@ -203,10 +204,16 @@ def _fuzz_cases(rng: random.Random) -> list[tuple[bytes, str]]:
     return cases
 
 
-def test_fuzzed_bad_requests_are_all_openai_shaped_4xx(start_proxy, fake):
+@pytest.fixture
+def session():
+    with requests.Session() as http:
+        http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=100))
+        yield http
+
+
+def test_fuzzed_bad_requests_are_all_openai_shaped_4xx(start_proxy, fake, session):
     proxy = start_proxy()
     rng = random.Random(20261125)
-    session = requests.Session()
     statuses = []
     for raw, content_type in _fuzz_cases(rng):
         headers = {"Content-Type": content_type} if content_type else {}
@@ -222,13 +229,11 @@ def test_fuzzed_bad_requests_are_all_openai_shaped_4xx(start_proxy, fake):
 
 
 def test_two_hundred_concurrent_requests_over_two_workers_refresh_once(
-    start_proxy, fake, creds_path
+    start_proxy, fake, creds_path, session
 ):
     write_creds(creds_path, fake, expires_in=-60)
     fake.refresh_delay = 0.3
     proxy = start_proxy(WEB_CONCURRENCY="2")
-    session = requests.Session()
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=100))
 
     def one(_: int) -> int:
         return session.post(proxy.url + "/v1/chat/completions", timeout=30,
@@ -240,7 +245,9 @@ def test_two_hundred_concurrent_requests_over_two_workers_refresh_once(
     assert fake.refresh_calls == 1
 
 
-def test_a_qwen_code_process_writing_the_same_file_never_tears_it(start_proxy, fake, creds_path):
+def test_a_qwen_code_process_writing_the_same_file_never_tears_it(
+    start_proxy, fake, creds_path, session
+):
     """qwen-code rewrites the creds file (temp file + rename) while the proxy reads and
     refreshes it: every request succeeds and the file is always whole, valid JSON."""
     write_creds(creds_path, fake, expires_in=-60)
@@ -273,7 +280,6 @@ def test_a_qwen_code_process_writing_the_same_file_never_tears_it(start_proxy, f
     for thread in threads:
         thread.start()
     try:
-        session = requests.Session()
         with ThreadPoolExecutor(20) as pool:
             statuses = list(pool.map(lambda _: session.post(
                 proxy.url + "/v1/chat/completions", json={"model": "m", "messages": USER},

@@ -7,6 +7,7 @@ import openai
 import pytest
 import requests
 
+from tests.e2e.conftest import openai_client
 from tests.fake_upstream import chunk, reply_error, reply_stream
 
 pytestmark = pytest.mark.e2e
@@ -14,8 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def sdk(proxy, session: str | None = None) -> openai.OpenAI:
     headers = {"X-Session-ID": session} if session else None
-    return openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0, timeout=20,
-                         default_headers=headers)
+    return openai_client(proxy, default_headers=headers)
 
 
 def say(client, text, model="qwen3-coder-plus", **kwargs):

@@ -1,0 +1,40 @@
+"""The OpenAI Responses API door (stateless) for Codex CLI and `client.responses.create`:
+`POST /v1/responses`, streamed or not. Errors keep the OpenAI shape."""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response, request, stream_with_context
+
+from qwenproxy.api.chat import SSE_HEADERS
+from qwenproxy.api.context import request_context, require_client, services
+from qwenproxy.schemas import parse_json_object
+from qwenproxy.services.completions import StreamingCompletion
+from qwenproxy.services.pipeline_frames import translate_frames
+from qwenproxy.services.responses_format import ResponsesStream, to_chat_request, to_response
+
+bp = Blueprint("responses", __name__)
+bp.before_request(require_client)
+
+
+@bp.post("/v1/responses")
+def create_response() -> Response:
+    translated = to_chat_request(
+        parse_json_object(request.get_data(cache=False)),
+        services().config.anthropic_model_map,
+    )
+    result = services().completions.handle(
+        translated.chat, request_context(requested_model=translated.model)
+    )
+    if isinstance(result, StreamingCompletion):
+        frames = translate_frames(result.frames, ResponsesStream(translated))
+        return Response(
+            stream_with_context(frames),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **result.headers},
+        )
+    return Response(
+        orjson.dumps(to_response(result.body, translated)),
+        mimetype="application/json",
+        headers=result.headers,
+    )

@@ -1,0 +1,700 @@
+"""The Anthropic Messages API at the edge: a `POST /v1/messages` body as a chat-completions
+body for the pipeline, the pipeline's answer (JSON, or a stream fed chunk by chunk to
+`AnthropicStream`) as a Message, errors in Anthropic's shape, and a token estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from qwenproxy.errors import InvalidRequestError, ProxyError
+from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
+from qwenproxy.services.vendor_models import map_vendor_model
+
+log = logging.getLogger(__name__)
+
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+}
+# OpenAI-shaped error `type`s (ours, or an upstream's) that have an Anthropic twin.
+_ERROR_TYPES_BY_OPENAI_TYPE = {
+    "invalid_request_error": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "rate_limit_error": "rate_limit_error",
+    "service_unavailable": "overloaded_error",
+}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+IMAGE_TOKENS = 1600  # what Anthropic bills a large image; count_tokens counts each so
+CHARS_PER_TOKEN = 4
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def error_type_for_status(status: int) -> str:
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def error_body_for(error: ProxyError) -> dict[str, Any]:
+    return error_body(error_type_for_status(error.status), error.message)
+
+
+def error_body_from_openai(error: Mapping[str, Any]) -> dict[str, Any]:
+    """An error the pipeline sent mid-stream (`{"message", "type", "code"}`)."""
+    error_type = _ERROR_TYPES_BY_OPENAI_TYPE.get(str(error.get("type")), "api_error")
+    return error_body(error_type, str(error.get("message") or "The upstream failed."))
+
+
+# --- the request ----------------------------------------------------------------------
+
+
+@dataclass
+class AnthropicRequest:
+    """A /v1/messages request as the pipeline takes it, and what the answer repeats."""
+
+    chat: dict[str, Any]
+    model: str
+    stop_sequences: tuple[str, ...] = ()
+
+
+def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> AnthropicRequest:
+    """Translate a Messages API body. Dropped (no upstream can use them): `metadata`,
+    `thinking`, `output_config`, `context_management`, `container`, `mcp_servers`,
+    `service_tier`, `cache_control` marks, thinking blocks and Anthropic's server tools."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("`model` must be a string", param="model")
+    raw_messages = body.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise InvalidRequestError("`messages` must be a non-empty list", param="messages")
+    system = _system_texts(body.get("system"))
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(raw_messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"`{param}` must be an object", param=param)
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str):
+            raise InvalidRequestError(f"`{param}.role` must be a string", param=f"{param}.role")
+        _check_content(content, f"{param}.content")
+        if role == "user":
+            messages.extend(_user_messages(content))
+        elif role == "assistant":
+            messages.append(_assistant_message(content))
+        else:  # some clients put a system turn inside `messages`
+            text = _plain_text(content)
+            if text:
+                system.append(text)
+    if system:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    chat: dict[str, Any] = {"messages": messages}
+    target = map_vendor_model(model, model_map)
+    if target:
+        chat["model"] = target
+    _copy_number(body, chat, "max_tokens", integer=True)
+    for name in ("temperature", "top_p"):
+        _copy_number(body, chat, name)
+    _copy_number(body, chat, "top_k", integer=True)
+    stop = body.get("stop_sequences")
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidRequestError(
+                "`stop_sequences` must be a list of strings", param="stop_sequences"
+            )
+        if stop:
+            chat["stop"] = stop
+    tools = _tools(body.get("tools"))
+    if tools:
+        chat["tools"] = tools
+        _tool_choice(body.get("tool_choice"), chat)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("`stream` must be true or false", param="stream")
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
+    return AnthropicRequest(chat, model or "", tuple(stop or ()))
+
+
+def _check_content(content: Any, param: str) -> None:
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list) or not all(
+        isinstance(block, dict) and isinstance(block.get("type"), str) for block in content
+    ):
+        raise InvalidRequestError(
+            f"`{param}` must be a string or a list of blocks with a `type`", param=param
+        )
+
+
+def _system_texts(system: Any) -> list[str]:
+    if system is None or system == "":
+        return []
+    if isinstance(system, str):
+        return [system]
+    if isinstance(system, list) and all(isinstance(b, dict) for b in system):
+        text = "\n\n".join(b["text"] for b in system if isinstance(b.get("text"), str))
+        return [text] if text else []
+    raise InvalidRequestError("`system` must be a string or a list of text blocks", param="system")
+
+
+def _plain_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(b["text"] for b in content if isinstance(b.get("text"), str))
+
+
+def _omitted(kind: str) -> dict[str, Any]:
+    return {"type": "text", "text": f"[{kind} omitted: the proxy cannot forward it]"}
+
+
+def _image_part(block: dict[str, Any]) -> dict[str, Any]:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media_type = source.get("media_type") or "image/png"
+        return {
+            "type": "image_url",
+            "image_url": {"url": f"data:{media_type};base64,{source['data']}"},
+        }
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    return _omitted("image (file reference)")
+
+
+def _document_part(block: dict[str, Any]) -> dict[str, Any]:
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    title = block.get("title")
+    prefix = f"{title}\n\n" if isinstance(title, str) and title else ""
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return {"type": "text", "text": prefix + source["data"]}
+    if source.get("type") == "content" and isinstance(source.get("content"), list):
+        return {"type": "text", "text": prefix + _plain_text(source["content"])}
+    return _omitted(f"document ({source.get('media_type') or source.get('type') or 'file'})")
+
+
+def _compact(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """One text part as a plain string (what every upstream takes); else the parts."""
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts
+
+
+def _user_messages(content: Any) -> list[dict[str, Any]]:
+    """A user turn: its tool results first (as `role: tool` messages, which must follow
+    the assistant's tool calls), then one user message with the rest."""
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    tool_messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            parts.append({"type": "text", "text": str(block.get("text") or "")})
+        elif kind == "image":
+            parts.append(_image_part(block))
+        elif kind == "document":
+            parts.append(_document_part(block))
+        elif kind == "tool_result":
+            tool_messages.append(_tool_message(block, parts))
+        elif kind in ("thinking", "redacted_thinking"):
+            continue
+        else:
+            parts.append(_omitted(f"{kind} block"))
+    if parts:
+        tool_messages.append({"role": "user", "content": _compact(parts)})
+    return tool_messages
+
+
+def _tool_message(block: dict[str, Any], user_parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A tool_result as a tool message; its images go to the user message that follows
+    (tool messages carry text only on most upstreams)."""
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequestError("a `tool_result` block needs a `tool_use_id`", param="messages")
+    content = block.get("content")
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for item in content:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "text":
+                texts.append(str(item.get("text") or ""))
+            elif item.get("type") == "image":
+                user_parts.append({"type": "text", "text": f"(image from tool call {call_id})"})
+                user_parts.append(_image_part(item))
+            elif item.get("type") == "document":
+                texts.append(_document_part(item)["text"])
+    text = "\n".join(texts)
+    if block.get("is_error"):
+        text = f"[tool error] {text}"
+    return {"role": "tool", "tool_call_id": call_id, "content": text}
+
+
+def _assistant_message(content: Any) -> dict[str, Any]:
+    if isinstance(content, str):
+        return {"role": "assistant", "content": content}
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind == "tool_use":
+            arguments = block.get("input")
+            calls.append(
+                {
+                    "id": str(block.get("id") or new_tool_use_id()),
+                    "type": "function",
+                    "function": {
+                        "name": str(block.get("name") or ""),
+                        "arguments": orjson.dumps(
+                            arguments if arguments is not None else {}
+                        ).decode(),
+                    },
+                }
+            )
+        # thinking blocks and server tool blocks have no chat-completions form
+    message: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts)}
+    if calls:
+        message["tool_calls"] = calls
+        if not message["content"]:
+            message["content"] = None
+    return message
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    """Client tools as functions (`input_schema` → `parameters`; `defer_loading` is
+    ignored: the tool is offered). Anthropic's server tools (`web_search_…`, `bash_…`,
+    `tool_search_…`) run on Anthropic's side only and are left out."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise InvalidRequestError("`tools` must be a list", param="tools")
+    result = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise InvalidRequestError(f"`tools[{i}]` must be an object", param=f"tools[{i}]")
+        if tool.get("type") not in (None, "custom"):
+            log.debug("leaving out the server tool %s", tool.get("type"))
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(
+                f"`tools[{i}].name` must be a string", param=f"tools[{i}].name"
+            )
+        function: dict[str, Any] = {"name": name}
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        schema = tool.get("input_schema")
+        function["parameters"] = (
+            schema if isinstance(schema, dict) else {"type": "object", "properties": {}}
+        )
+        result.append({"type": "function", "function": function})
+    return result
+
+
+def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, dict):
+        raise InvalidRequestError("`tool_choice` must be an object", param="tool_choice")
+    kind = choice.get("type")
+    if kind == "auto":
+        chat["tool_choice"] = "auto"
+    elif kind == "any":
+        chat["tool_choice"] = "required"
+    elif kind == "none":
+        chat["tool_choice"] = "none"
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        raise InvalidRequestError(
+            "`tool_choice.type` must be auto, any, tool (with a `name`) or none",
+            param="tool_choice",
+        )
+    if choice.get("disable_parallel_tool_use") is True:
+        chat["parallel_tool_calls"] = False
+
+
+def _copy_number(
+    body: dict[str, Any], chat: dict[str, Any], name: str, integer: bool = False
+) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an integer" if integer else "a number"
+        raise InvalidRequestError(f"`{name}` must be {what}", param=name)
+    chat[name] = value
+
+
+# --- the answer -----------------------------------------------------------------------
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def new_tool_use_id() -> str:
+    return "toolu_" + secrets.token_hex(12)
+
+
+def usage_of(usage: Any) -> dict[str, int]:
+    """Anthropic usage from OpenAI usage. Anthropic's `input_tokens` leaves out the tokens
+    read from the prompt cache, which it reports apart."""
+    usage = usage if isinstance(usage, dict) else {}
+    prompt = _int(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    result = {"input_tokens": prompt, "output_tokens": _int(usage.get("completion_tokens"))}
+    if isinstance(cached, int) and not isinstance(cached, bool):
+        result["input_tokens"] = max(0, prompt - cached)
+        result["cache_read_input_tokens"] = cached
+    return result
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def stop_reason_of(
+    finish_reason: Any, matched: Any, stop_sequences: tuple[str, ...], used_tools: bool
+) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence). `matched` is the stop string some upstreams (vLLM)
+    report in `choice.stop_reason`."""
+    if isinstance(matched, str) and matched in stop_sequences:
+        return "stop_sequence", matched
+    reason = STOP_REASONS.get(str(finish_reason), "end_turn")
+    if used_tools and reason == "end_turn":
+        reason = "tool_use"
+    return reason, None
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[str, Any]:
+    """A chat.completion as an Anthropic Message."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    content: list[dict[str, Any]] = []
+    text = _message_text(message.get("content"))
+    if text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or new_tool_use_id(),
+                "name": function.get("name") or "",
+                "input": parse_tool_input(function.get("arguments")),
+            }
+        )
+    used_tools = any(block["type"] == "tool_use" for block in content)
+    if not content:
+        content.append({"type": "text", "text": ""})
+    reason, sequence = stop_reason_of(
+        choice.get("finish_reason"), choice.get("stop_reason"), request.stop_sequences, used_tools
+    )
+    return {
+        "id": new_message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": request.model or completion.get("model") or "",
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage_of(completion.get("usage")),
+    }
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+@dataclass
+class _ToolBlock:
+    index: int  # the content block's index
+    id: str
+    name: str
+    arguments: ArgumentStream = field(default_factory=ArgumentStream)
+    started: bool = False
+    pending: list[str] = field(default_factory=list)  # pieces before the name arrived
+    closed: bool = False
+
+
+class AnthropicStream:
+    """A chat-completions stream, chunk by chunk, as Anthropic's stream events:
+    message_start, ping, then per content block content_block_start / _delta / _stop,
+    then message_delta (stop_reason, usage) and message_stop.
+
+    Blocks follow each other: a text block is closed before a tool_use block starts, and
+    a tool_use block before the next one. Each tool's `input_json_delta` pieces join to
+    one valid JSON object (see `ArgumentStream`)."""
+
+    def __init__(self, request: AnthropicRequest) -> None:
+        self.request = request
+        self.id = new_message_id()
+        self._next_index = 0
+        self._text_index: int | None = None  # the open text block
+        self._tools: dict[int, _ToolBlock] = {}  # by the upstream's tool-call index
+        self._open_tool: _ToolBlock | None = None
+        self._finish: Any = None
+        self._matched_stop: Any = None
+        self._usage: Any = None
+
+    # --- StreamTranslator -------------------------------------------------------------
+
+    def start(self) -> list[bytes]:
+        message = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.request.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [
+            sse_event("message_start", {"type": "message_start", "message": message}),
+            self.ping()[0],
+        ]
+
+    def ping(self) -> list[bytes]:
+        return [sse_event("ping", {"type": "ping"})]
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out.extend(self._text(text))
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    out.extend(self._tool_call(call))
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+                self._matched_stop = choice.get("stop_reason")
+        return out
+
+    def done(self) -> list[bytes]:
+        out = self._close_open()
+        for tool in self._tools.values():  # named never: still owed to the client
+            if not tool.closed:
+                out.extend(self._start_tool(tool))
+                out.extend(self._close_tool(tool))
+        reason, sequence = stop_reason_of(
+            self._finish, self._matched_stop, self.request.stop_sequences, bool(self._tools)
+        )
+        out.append(
+            sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                    "usage": usage_of(self._usage),
+                },
+            )
+        )
+        out.append(sse_event("message_stop", {"type": "message_stop"}))
+        return out
+
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        return [sse_event("error", error_body_from_openai(error))]
+
+    # --- blocks -----------------------------------------------------------------------
+
+    def _text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._text_index is None:
+            out.extend(self._close_open())
+            self._text_index = self._take_index()
+            out.append(
+                sse_event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": self._text_index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                )
+            )
+        out.append(self._delta(self._text_index, {"type": "text_delta", "text": text}))
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        position = call.get("index") if isinstance(call.get("index"), int) else 0
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        tool = self._tools.get(position)
+        if tool is None:
+            out.extend(self._close_open())
+            tool = _ToolBlock(self._take_index(), call.get("id") or new_tool_use_id(), "")
+            self._tools[position] = tool
+            self._open_tool = tool
+        elif tool.closed:
+            log.warning("dropping arguments for tool call %d after its block closed", position)
+            return out
+        if not tool.name and isinstance(function.get("name"), str):
+            tool.name = function["name"]
+        piece = tool.arguments.feed(function.get("arguments"))
+        if not tool.started and tool.name:
+            out.extend(self._start_tool(tool))
+        if piece:
+            if tool.started:
+                out.append(self._json_delta(tool, piece))
+            else:
+                tool.pending.append(piece)
+        return out
+
+    def _start_tool(self, tool: _ToolBlock) -> list[bytes]:
+        if tool.started:
+            return []
+        tool.started = True
+        out = [
+            sse_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": tool.index,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": tool.id,
+                        "name": tool.name,
+                        "input": {},
+                    },
+                },
+            )
+        ]
+        out.extend(self._json_delta(tool, piece) for piece in tool.pending)
+        tool.pending.clear()
+        return out
+
+    def _close_tool(self, tool: _ToolBlock) -> list[bytes]:
+        out: list[bytes] = []
+        closing = tool.arguments.close()
+        if closing:
+            out.append(self._json_delta(tool, closing))
+        out.append(self._stop(tool.index))
+        tool.closed = True
+        return out
+
+    def _close_open(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self._text_index is not None:
+            out.append(self._stop(self._text_index))
+            self._text_index = None
+        tool, self._open_tool = self._open_tool, None
+        if tool is not None and not tool.closed:
+            out.extend(self._start_tool(tool))  # a tool that never got a name
+            out.extend(self._close_tool(tool))
+        return out
+
+    def _take_index(self) -> int:
+        index, self._next_index = self._next_index, self._next_index + 1
+        return index
+
+    def _json_delta(self, tool: _ToolBlock, piece: str) -> bytes:
+        return self._delta(tool.index, {"type": "input_json_delta", "partial_json": piece})
+
+    @staticmethod
+    def _delta(index: int, delta: dict[str, Any]) -> bytes:
+        return sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+
+    @staticmethod
+    def _stop(index: int) -> bytes:
+        return sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+
+
+# --- count_tokens ---------------------------------------------------------------------
+
+
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """An estimate, not a tokenizer: characters / 4 over the text of `system`, `messages`
+    and the tool definitions, plus a flat 1600 per image or binary document."""
+    if not isinstance(body.get("messages"), list):
+        raise InvalidRequestError("`messages` must be a list", param="messages")
+    counter = _CharCounter()
+    counter.walk(body.get("system"))
+    counter.walk(body["messages"])
+    tools = body.get("tools")
+    if tools:
+        counter.chars += len(orjson.dumps(tools))
+    return max(1, math.ceil(counter.chars / CHARS_PER_TOKEN) + counter.binaries * IMAGE_TOKENS)
+
+
+class _CharCounter:
+    SKIPPED_KEYS = frozenset({"type", "role", "cache_control", "id", "tool_use_id", "media_type"})
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.binaries = 0
+
+    def walk(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.chars += len(value)
+        elif isinstance(value, list):
+            for item in value:
+                self.walk(item)
+        elif isinstance(value, dict):
+            source = value.get("source")
+            if isinstance(source, dict) and source.get("type") in ("base64", "url", "file"):
+                self.binaries += 1
+                return
+            for key, item in value.items():
+                if key in self.SKIPPED_KEYS:
+                    continue
+                if key == "input" and not isinstance(item, str):
+                    self.chars += len(orjson.dumps(item))
+                else:
+                    self.walk(item)

@@ -1,0 +1,77 @@
+"""Reading the chat pipeline's own SSE frames back, for the doors that speak another wire
+format: each frame becomes one call on a `StreamTranslator`, whose output is sent instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import orjson
+
+DATA_PREFIX = b"data: "
+DONE_DATA = b"[DONE]"
+
+
+class StreamTranslator(Protocol):
+    """Turns a chat-completions stream into another format's SSE frames."""
+
+    def start(self) -> list[bytes]: ...
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]: ...
+
+    def ping(self) -> list[bytes]: ...
+
+    def done(self) -> list[bytes]: ...
+
+    def error(self, error: dict[str, Any]) -> list[bytes]: ...
+
+
+def translate_frames(frames: Iterator[bytes], translator: StreamTranslator) -> Iterator[bytes]:
+    """The translated stream. The pipeline's frames come one per item (`data: <chunk>`,
+    `: ping`, `data: [DONE]`, or `data: {"error": ...}` as the last one); a buffer keeps
+    this correct if one ever spans items. The pipeline's stream is read to its end (it
+    ends right after its last frame) so that it records the request as finished; closing
+    this generator early (the client left) closes the pipeline's too."""
+    finished = False
+    try:
+        yield from translator.start()
+        buffer = b""
+        for item in frames:
+            if finished:
+                continue
+            buffer = buffer + item if buffer else item
+            while b"\n\n" in buffer and not finished:
+                frame, buffer = buffer.split(b"\n\n", 1)
+                out, finished = _translate(frame, translator)
+                yield from out
+        if not finished:
+            yield from translator.error(
+                {"message": "The stream ended before it finished.", "type": "upstream_error"}
+            )
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
+
+
+def _translate(frame: bytes, translator: StreamTranslator) -> tuple[Iterable[bytes], bool]:
+    if not frame.startswith(DATA_PREFIX):
+        return (translator.ping() if frame.startswith(b":") else ()), False
+    data = frame[len(DATA_PREFIX) :]
+    if data == DONE_DATA:
+        return translator.done(), True
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        payload = None
+    if not isinstance(payload, dict):
+        return translator.error(
+            {"message": "The proxy could not read a stream event.", "type": "upstream_error"}
+        ), True
+    if "error" in payload and not payload.get("choices"):
+        error = payload["error"]
+        if not isinstance(error, dict):
+            error = {"message": str(error), "type": "upstream_error"}
+        return translator.error(error), True
+    return translator.chunk(payload), False

@@ -1,0 +1,866 @@
+"""The OpenAI Responses API at the edge, stateless: a `POST /v1/responses` body as a
+chat-completions body for the pipeline, and the pipeline's answer (JSON, or a stream fed
+chunk by chunk to `ResponsesStream`) as a `response` object or the Responses events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
+from qwenproxy.services.vendor_models import map_vendor_model
+
+log = logging.getLogger(__name__)
+
+SYSTEM_ROLES = ("system", "developer")
+MAX_TOOL_NAME = 64  # OpenAI's limit on function names, which upstreams enforce too
+# Request fields that need stored state, which a stateless proxy does not have.
+STATEFUL_FIELDS = ("previous_response_id", "conversation", "prompt")
+
+
+def flat_tool_name(namespace: str, name: str) -> str:
+    """The one function name a namespaced tool has upstream: `mcp__github__` + `create`
+    → `mcp__github__create`, `crm` + `find` → `crm__find` (hashed down to 64 chars)."""
+    joined = f"{namespace}{name}" if namespace.endswith("_") else f"{namespace}__{name}"
+    if len(joined) <= MAX_TOOL_NAME:
+        return joined
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+    return f"{joined[: MAX_TOOL_NAME - 9]}_{digest}"
+
+
+@dataclass
+class ResponsesRequest:
+    """A /v1/responses request as the pipeline takes it, and what the answer repeats."""
+
+    chat: dict[str, Any]
+    model: str
+    echo: dict[str, Any] = field(default_factory=dict)  # fields the response object repeats
+    # upstream function name -> (namespace or None, name, "function" or "custom")
+    tool_names: dict[str, tuple[str | None, str, str]] = field(default_factory=dict)
+
+    def tool_of(self, upstream_name: str) -> tuple[str | None, str, str]:
+        return self.tool_names.get(upstream_name, (None, upstream_name, "function"))
+
+
+def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> ResponsesRequest:
+    """Translate a Responses body. Dropped: tools other than function, namespace and custom
+    (`web_search`, `file_search`, `mcp`, ...), `reasoning`, `include`, `store`,
+    `prompt_cache_key`, `client_metadata`, `metadata` (repeated in the answer only),
+    `truncation`, `service_tier`, `text.verbosity`, reasoning input items."""
+    for name in STATEFUL_FIELDS:
+        if body.get(name):
+            raise InvalidRequestError(
+                f"`{name}` is not supported: this proxy stores no responses or "
+                "conversations. Send the whole conversation in `input` (as with "
+                "`store: false`).",
+                param=name,
+            )
+    if body.get("background"):
+        raise InvalidRequestError(
+            "`background` is not supported: this proxy stores no responses.", param="background"
+        )
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("`model` must be a string", param="model")
+    tools, tool_names = _tools(body.get("tools"))
+    request = ResponsesRequest({}, model or "", tool_names=tool_names)
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequestError("`instructions` must be a string", param="instructions")
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    messages.extend(_input_messages(body.get("input"), request))
+    if not messages:
+        raise InvalidRequestError("`input` must not be empty", param="input")
+    chat: dict[str, Any] = {"messages": messages}
+    target = map_vendor_model(model, model_map)
+    if target:
+        chat["model"] = target
+    if tools:
+        chat["tools"] = tools
+        choice = _tool_choice(body.get("tool_choice"))
+        if choice is not None:
+            chat["tool_choice"] = choice
+    _copy(body, chat, "max_output_tokens", "max_tokens", int)
+    _copy(body, chat, "temperature", "temperature", float)
+    _copy(body, chat, "top_p", "top_p", float)
+    _copy(body, chat, "parallel_tool_calls", "parallel_tool_calls", bool)
+    if isinstance(body.get("user"), str):
+        chat["user"] = body["user"]
+    response_format = _response_format(body.get("text"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("`stream` must be true or false", param="stream")
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}  # for response.completed's usage
+    request.chat = chat
+    request.echo = {
+        "instructions": instructions or None,
+        "max_output_tokens": body.get("max_output_tokens"),
+        "metadata": body.get("metadata") if isinstance(body.get("metadata"), dict) else {},
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": body.get("tools") if isinstance(body.get("tools"), list) else [],
+        "text": body.get("text") if isinstance(body.get("text"), dict) else None,
+        "reasoning": body.get("reasoning") if isinstance(body.get("reasoning"), dict) else None,
+        "user": body.get("user"),
+    }
+    return request
+
+
+def _copy(body: dict[str, Any], chat: dict[str, Any], name: str, target: str, kind: type) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        raise InvalidRequestError(f"`{name}` must be {what}", param=name)
+    chat[target] = value
+
+
+# --- input items ----------------------------------------------------------------------
+
+
+def _input_messages(value: Any, request: ResponsesRequest) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise InvalidRequestError("`input` must be a string or a list of items", param="input")
+    builder = _MessageBuilder(request)
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidRequestError(f"`input[{i}]` must be an object", param=f"input[{i}]")
+        builder.add(item, f"input[{i}]")
+    return builder.finish()
+
+
+class _MessageBuilder:
+    """Input items in order as chat messages: calls join the assistant message before them;
+    tool outputs stay together right after it (images they return follow as a user
+    message once they are done)."""
+
+    def __init__(self, request: ResponsesRequest) -> None:
+        self.request = request
+        self.messages: list[dict[str, Any]] = []
+        self.tool_images: list[dict[str, Any]] = []
+
+    def add(self, item: dict[str, Any], param: str) -> None:
+        kind = item.get("type")
+        if kind in (None, "message"):
+            self._flush_images()
+            self._message(item, param)
+        elif kind in ("function_call", "custom_tool_call"):
+            self._flush_images()
+            self._call(item, param)
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            self._output(item, param)
+        elif kind == "item_reference":
+            raise InvalidRequestError(
+                "`item_reference` items are not supported: this proxy stores no items.",
+                param=param,
+            )
+        else:  # reasoning, web_search_call, ... have no chat-completions form
+            log.debug("leaving out an input item of type %s", kind)
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._flush_images()
+        return self.messages
+
+    def _message(self, item: dict[str, Any], param: str) -> None:
+        role = item.get("role")
+        if role not in ("user", "assistant", *SYSTEM_ROLES):
+            raise InvalidRequestError(
+                f"`{param}.role` must be user, assistant, system or developer",
+                param=f"{param}.role",
+            )
+        parts = _content_parts(item.get("content"), f"{param}.content")
+        if role in SYSTEM_ROLES or role == "assistant":
+            text = "".join(p["text"] for p in parts if p["type"] == "text")
+            self.messages.append(
+                {"role": "system" if role != "assistant" else role, "content": text}
+            )
+        else:
+            self.messages.append({"role": "user", "content": _compact(parts)})
+
+    def _call(self, item: dict[str, Any], param: str) -> None:
+        call_id = item.get("call_id")
+        name = item.get("name")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise InvalidRequestError(f"`{param}` needs a `call_id` and a `name`", param=param)
+        namespace = item.get("namespace")
+        if isinstance(namespace, str) and namespace:
+            name = flat_tool_name(namespace, name)
+        if item.get("type") == "custom_tool_call":
+            arguments = orjson.dumps({"input": str(item.get("input") or "")}).decode()
+        else:
+            raw = item.get("arguments")
+            arguments = raw if isinstance(raw, str) else orjson.dumps(raw or {}).decode()
+        call = {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", []).append(call)
+            if not last.get("content"):
+                last["content"] = None
+        else:
+            self.messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+    def _output(self, item: dict[str, Any], param: str) -> None:
+        call_id = item.get("call_id")
+        if not isinstance(call_id, str):
+            raise InvalidRequestError(f"`{param}.call_id` must be a string", param=param)
+        output = item.get("output")
+        if isinstance(output, str):
+            text = output
+        elif isinstance(output, list):
+            texts = []
+            for part in _content_parts(output, f"{param}.output"):
+                if part["type"] == "text":
+                    texts.append(part["text"])
+                else:
+                    self.tool_images.append(
+                        {"type": "text", "text": f"(image from tool call {call_id})"}
+                    )
+                    self.tool_images.append(part)
+            text = "\n".join(texts)
+        elif output is None:
+            text = ""
+        else:
+            text = orjson.dumps(output).decode()
+        self.messages.append({"role": "tool", "tool_call_id": call_id, "content": text})
+
+    def _flush_images(self) -> None:
+        if self.tool_images:
+            self.messages.append({"role": "user", "content": self.tool_images})
+            self.tool_images = []
+
+
+def _content_parts(content: Any, param: str) -> list[dict[str, Any]]:
+    """Responses content (a string or parts) as chat-completions parts."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise InvalidRequestError(f"`{param}` must be a string or a list of parts", param=param)
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise InvalidRequestError(f"`{param}` parts must be objects", param=param)
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            parts.append({"type": "text", "text": str(part.get("text") or "")})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": str(part.get("refusal") or "")})
+        elif kind == "input_image" and isinstance(part.get("image_url"), str):
+            image: dict[str, Any] = {"url": part["image_url"]}
+            if part.get("detail") in ("low", "high"):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            what = "image (file_id)" if kind == "input_image" else f"{kind} part"
+            parts.append({"type": "text", "text": f"[{what} omitted: the proxy cannot forward it]"})
+    return parts
+
+
+def _compact(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts
+
+
+# --- tools ----------------------------------------------------------------------------
+
+
+def _tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[str | None, str, str]]]:
+    """Function tools as they are; the function and custom tools inside a namespace under
+    one flat name each; custom (free-form) tools as a function with one string `input`.
+    Hosted tools (`web_search`, `file_search`, `mcp`, ...) run on OpenAI's side only."""
+    if tools is None:
+        return [], {}
+    if not isinstance(tools, list):
+        raise InvalidRequestError("`tools` must be a list", param="tools")
+    result: list[dict[str, Any]] = []
+    names: dict[str, tuple[str | None, str, str]] = {}
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise InvalidRequestError(f"`tools[{i}]` must be an object", param=f"tools[{i}]")
+        kind = tool.get("type")
+        if kind in ("function", "custom"):
+            result.append(_function_tool(tool, f"tools[{i}]", None, names))
+        elif kind == "namespace":
+            namespace = tool.get("name")
+            if not isinstance(namespace, str) or not namespace:
+                raise InvalidRequestError(
+                    f"`tools[{i}].name` must be a string", param=f"tools[{i}].name"
+                )
+            for j, inner in enumerate(tool.get("tools") or ()):
+                if isinstance(inner, dict) and inner.get("type") in ("function", "custom"):
+                    result.append(_function_tool(inner, f"tools[{i}].tools[{j}]", tool, names))
+        else:
+            log.debug("leaving out the hosted tool %s", kind)
+    return result, names
+
+
+def _function_tool(
+    tool: dict[str, Any],
+    param: str,
+    namespace: dict[str, Any] | None,
+    names: dict[str, tuple[str | None, str, str]],
+) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError(f"`{param}.name` must be a string", param=f"{param}.name")
+    kind = tool["type"]
+    description = tool.get("description") if isinstance(tool.get("description"), str) else ""
+    upstream_name = name
+    if namespace is not None:
+        upstream_name = flat_tool_name(namespace["name"], name)
+        about = namespace.get("description")
+        if isinstance(about, str) and about:
+            description = f"{description}\n\n({namespace['name']}: {about})".strip()
+    function: dict[str, Any] = {"name": upstream_name}
+    if kind == "custom":
+        grammar = tool.get("format") if isinstance(tool.get("format"), dict) else {}
+        if grammar.get("type") == "grammar" and isinstance(grammar.get("definition"), str):
+            description += (
+                f"\n\nThe `input` must follow this {grammar.get('syntax', '')} grammar:\n"
+                + grammar["definition"]
+            )
+        function["parameters"] = {
+            "type": "object",
+            "properties": {"input": {"type": "string", "description": "The raw input."}},
+            "required": ["input"],
+        }
+    else:
+        parameters = tool.get("parameters")
+        function["parameters"] = (
+            parameters if isinstance(parameters, dict) else {"type": "object", "properties": {}}
+        )
+        if tool.get("strict") is True:
+            function["strict"] = True
+    if description:
+        function["description"] = description.strip()
+    if namespace is not None or kind == "custom":
+        names[upstream_name] = (namespace["name"] if namespace else None, name, kind)
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice is None:
+        return None
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict):
+        if choice.get("type") in ("function", "custom") and isinstance(choice.get("name"), str):
+            name = choice["name"]
+            if isinstance(choice.get("namespace"), str) and choice["namespace"]:
+                name = flat_tool_name(choice["namespace"], name)
+            return {"type": "function", "function": {"name": name}}
+        if choice.get("type") == "allowed_tools":
+            return "required" if choice.get("mode") == "required" else "auto"
+        return "auto"  # a hosted tool, which is not offered upstream
+    raise InvalidRequestError(
+        "`tool_choice` must be auto, none, required or a tool", param="tool_choice"
+    )
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, dict) or not isinstance(text.get("format"), dict):
+        return None
+    spec = text["format"]
+    if spec.get("type") == "json_object":
+        return {"type": "json_object"}
+    if spec.get("type") == "json_schema":
+        schema = {
+            key: spec[key] for key in ("name", "schema", "strict", "description") if key in spec
+        }
+        return {"type": "json_schema", "json_schema": schema}
+    return None
+
+
+# --- the answer -----------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+def usage_of(usage: Any) -> dict[str, Any]:
+    usage = usage if isinstance(usage, dict) else {}
+    prompt = _int(usage.get("prompt_tokens"))
+    completion = _int(usage.get("completion_tokens"))
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": _int(
+                prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0
+            )
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {
+            "reasoning_tokens": _int(
+                completion_details.get("reasoning_tokens")
+                if isinstance(completion_details, dict)
+                else 0
+            )
+        },
+        "total_tokens": _int(usage.get("total_tokens")) or prompt + completion,
+    }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def response_object(
+    request: ResponsesRequest,
+    response_id: str,
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None = None,
+    incomplete_reason: str | None = None,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    echo = request.echo
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": error,
+        "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+        "instructions": echo.get("instructions"),
+        "max_output_tokens": echo.get("max_output_tokens"),
+        "model": request.model,
+        "output": output,
+        "parallel_tool_calls": echo.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": echo.get("reasoning") or {"effort": None, "summary": None},
+        "store": False,
+        "temperature": echo.get("temperature"),
+        "text": echo.get("text") or {"format": {"type": "text"}},
+        "tool_choice": echo.get("tool_choice", "auto"),
+        "tools": echo.get("tools", []),
+        "top_p": echo.get("top_p"),
+        "truncation": "disabled",
+        "usage": usage,
+        "user": echo.get("user"),
+        "metadata": echo.get("metadata", {}),
+    }
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [_text_part(text)],
+    }
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _call_item(
+    request: ResponsesRequest,
+    item_id: str,
+    call_id: str,
+    upstream_name: str,
+    arguments: str,
+    status: str,
+) -> dict[str, Any]:
+    """A function_call item, or a custom_tool_call for a free-form tool; with the
+    `namespace` of a namespaced tool."""
+    namespace, name, kind = request.tool_of(upstream_name)
+    if kind == "custom":
+        value = parse_tool_input(arguments).get("input")
+        item: dict[str, Any] = {
+            "type": "custom_tool_call",
+            "id": item_id,
+            "call_id": call_id,
+            "name": name,
+            "input": value if isinstance(value, str) else arguments,
+            "status": status,
+        }
+    else:
+        item = {
+            "type": "function_call",
+            "id": item_id,
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+            "status": status,
+        }
+    if namespace:
+        item["namespace"] = namespace
+    return item
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[str, Any]:
+    """A chat.completion as a `response` object."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    reason = INCOMPLETE_REASONS.get(str(choice.get("finish_reason")))
+    item_status = "incomplete" if reason else "completed"
+    output: list[dict[str, Any]] = []
+    text = _message_text(message.get("content"))
+    if text:
+        output.append(_message_item(new_id("msg"), text, item_status))
+    for call in message.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        arguments = ArgumentStream()
+        arguments.feed(function.get("arguments"))
+        arguments.close()
+        output.append(
+            _call_item(
+                request,
+                new_id("fc"),
+                call.get("id") or new_id("call"),
+                str(function.get("name") or ""),
+                arguments.text,
+                "completed",
+            )
+        )
+    return response_object(
+        request,
+        new_id("resp"),
+        int(completion.get("created") or time.time()),
+        "incomplete" if reason else "completed",
+        output,
+        usage_of(completion.get("usage")),
+        reason,
+    )
+
+
+# --- the stream -----------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    output_index: int
+    id: str
+    kind: str  # "message" or "call"
+    text: str = ""
+    call_id: str = ""
+    name: str = ""
+    arguments: ArgumentStream = field(default_factory=ArgumentStream)
+    started: bool = False
+    pending: list[str] = field(default_factory=list)
+    closed: bool = False
+
+
+class ResponsesStream:
+    """A chat-completions stream, chunk by chunk, as Responses events (each with its
+    `sequence_number`): response.created, response.in_progress; per message item
+    output_item.added, content_part.added, output_text.delta…, output_text.done,
+    content_part.done, output_item.done; per function call output_item.added,
+    function_call_arguments.delta…, .done, output_item.done; then response.completed
+    (or response.incomplete) with the whole response and its usage. A failure mid-way
+    ends it with response.failed."""
+
+    def __init__(self, request: ResponsesRequest) -> None:
+        self.request = request
+        self.id = new_id("resp")
+        self.created_at = int(time.time())
+        self._sequence = 0
+        self._items: list[_Item] = []
+        self._message: _Item | None = None  # the open message item
+        self._open_call: _Item | None = None
+        self._calls: dict[int, _Item] = {}  # by the upstream's tool-call index
+        self._finish: Any = None
+        self._usage: Any = None
+
+    # --- StreamTranslator -------------------------------------------------------------
+
+    def start(self) -> list[bytes]:
+        response = self._response("in_progress", [])
+        return [
+            self._event("response.created", response=response),
+            self._event("response.in_progress", response=response),
+        ]
+
+    def ping(self) -> list[bytes]:
+        return [b": ping\n\n"]
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out.extend(self._text(text))
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    out.extend(self._tool_call(call))
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        return out
+
+    def done(self) -> list[bytes]:
+        out = self._close_open()
+        for item in self._calls.values():
+            if not item.closed:
+                out.extend(self._start_call(item))
+                out.extend(self._close_call(item))
+        reason = INCOMPLETE_REASONS.get(str(self._finish))
+        response = self._response(
+            "incomplete" if reason else "completed",
+            self._final_items(),
+            usage_of(self._usage),
+            reason,
+        )
+        name = "response.incomplete" if reason else "response.completed"
+        out.append(self._event(name, response=response))
+        return out
+
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        details = {
+            "code": str(error.get("code") or error.get("type") or "server_error"),
+            "message": str(error.get("message") or "The upstream failed."),
+        }
+        response = self._response("failed", self._final_items(), error=details)
+        return [self._event("response.failed", response=response)]
+
+    # --- items ------------------------------------------------------------------------
+
+    def _text(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        item = self._message
+        if item is None:
+            out.extend(self._close_open())
+            item = self._message = self._new_item("message", new_id("msg"))
+            out.append(
+                self._event(
+                    "response.output_item.added",
+                    output_index=item.output_index,
+                    item={**_message_item(item.id, "", "in_progress"), "content": []},
+                )
+            )
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item.id,
+                    output_index=item.output_index,
+                    content_index=0,
+                    part=_text_part(""),
+                )
+            )
+        item.text += text
+        out.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
+        )
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        position = call.get("index") if isinstance(call.get("index"), int) else 0
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        item = self._calls.get(position)
+        if item is None:
+            out.extend(self._close_open())
+            item = self._new_item("call", new_id("fc"))
+            item.call_id = call.get("id") or new_id("call")
+            self._calls[position] = item
+            self._open_call = item
+        elif item.closed:
+            log.warning("dropping arguments for tool call %d after its item closed", position)
+            return out
+        if not item.name and isinstance(function.get("name"), str):
+            item.name = function["name"]
+        piece = item.arguments.feed(function.get("arguments"))
+        if not item.started and item.name:
+            out.extend(self._start_call(item))
+        if piece:
+            if item.started:
+                out.extend(self._arguments_delta(item, piece))
+            else:
+                item.pending.append(piece)
+        return out
+
+    def _is_custom(self, item: _Item) -> bool:
+        return self.request.tool_of(item.name)[2] == "custom"
+
+    def _start_call(self, item: _Item) -> list[bytes]:
+        if item.started:
+            return []
+        item.started = True
+        added = _call_item(self.request, item.id, item.call_id, item.name, "", "in_progress")
+        out = [
+            self._event("response.output_item.added", output_index=item.output_index, item=added)
+        ]
+        for piece in item.pending:
+            out.extend(self._arguments_delta(item, piece))
+        item.pending.clear()
+        return out
+
+    def _arguments_delta(self, item: _Item, piece: str) -> list[bytes]:
+        if self._is_custom(item):  # its `input` is only known once the JSON is whole
+            return []
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=item.id,
+                output_index=item.output_index,
+                delta=piece,
+            )
+        ]
+
+    def _close_call(self, item: _Item) -> list[bytes]:
+        out: list[bytes] = []
+        closing = item.arguments.close()
+        if closing:
+            out.extend(self._arguments_delta(item, closing))
+        done = self._call_done_item(item)
+        if done["type"] == "custom_tool_call":
+            out.append(
+                self._event(
+                    "response.custom_tool_call_input.done",
+                    item_id=item.id,
+                    output_index=item.output_index,
+                    input=done["input"],
+                )
+            )
+        else:
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item.id,
+                    output_index=item.output_index,
+                    name=done["name"],
+                    arguments=item.arguments.text,
+                )
+            )
+        out.append(
+            self._event("response.output_item.done", output_index=item.output_index, item=done)
+        )
+        item.closed = True
+        return out
+
+    def _close_message(self, item: _Item) -> list[bytes]:
+        item.closed = True
+        common = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
+        return [
+            self._event("response.output_text.done", **common, text=item.text, logprobs=[]),
+            self._event("response.content_part.done", **common, part=_text_part(item.text)),
+            self._event(
+                "response.output_item.done",
+                output_index=item.output_index,
+                item=_message_item(item.id, item.text, "completed"),
+            ),
+        ]
+
+    def _close_open(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self._message is not None:
+            out.extend(self._close_message(self._message))
+            self._message = None
+        item, self._open_call = self._open_call, None
+        if item is not None and not item.closed:
+            out.extend(self._start_call(item))
+            out.extend(self._close_call(item))
+        return out
+
+    def _call_done_item(self, item: _Item) -> dict[str, Any]:
+        return _call_item(
+            self.request, item.id, item.call_id, item.name, item.arguments.text, "completed"
+        )
+
+    def _new_item(self, kind: str, item_id: str) -> _Item:
+        item = _Item(len(self._items), item_id, kind)
+        self._items.append(item)
+        return item
+
+    def _final_items(self) -> list[dict[str, Any]]:
+        output = []
+        for item in self._items:
+            status = "completed" if item.closed else "incomplete"
+            if item.kind == "message":
+                output.append(_message_item(item.id, item.text, status))
+            else:
+                output.append(
+                    _call_item(
+                        self.request, item.id, item.call_id, item.name, item.arguments.text, status
+                    )
+                )
+        return output
+
+    # --- framing ----------------------------------------------------------------------
+
+    def _response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        incomplete_reason: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return response_object(
+            self.request,
+            self.id,
+            self.created_at,
+            status,
+            output,
+            usage,
+            incomplete_reason,
+            error,
+        )
+
+    def _event(self, event_type: str, **fields: Any) -> bytes:
+        payload = {"type": event_type, "sequence_number": self._sequence, **fields}
+        self._sequence += 1
+        return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

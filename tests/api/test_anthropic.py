@@ -1,0 +1,577 @@
+"""POST /v1/messages through the Flask app, driven by the official `anthropic` SDK (over a
+WSGI transport) and by raw requests, against the fake upstream."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx2
+import pytest
+
+from qwenproxy import create_app
+from tests.fake_upstream import USAGE_CHUNK, chunk, reply_endless_stream, reply_error, reply_stream
+
+MODEL = "claude-sonnet-4-6"
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+
+
+@pytest.fixture
+def make_sdk(make_config):
+    clients: list[httpx2.Client] = []
+
+    def make(key: str = "anything", **config) -> anthropic.Anthropic:
+        app = create_app(make_config(**config))
+        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://proxy")
+        clients.append(http)
+        return anthropic.Anthropic(
+            base_url="http://proxy", api_key=key, http_client=http, max_retries=0
+        )
+
+    yield make
+    for http in clients:
+        http.close()
+
+
+@pytest.fixture
+def sdk(make_sdk) -> anthropic.Anthropic:
+    return make_sdk()
+
+
+def ask(sdk, text="hi", **kwargs):
+    kwargs.setdefault("messages", [{"role": "user", "content": text}])
+    return sdk.messages.create(model=MODEL, max_tokens=1024, **kwargs)
+
+
+def tool_call_stream(pieces: list[str]):
+    """The fake answers with one get_weather call, its arguments sent in `pieces`."""
+    first = {
+        "index": 0,
+        "id": "call_w1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": pieces[0]},
+    }
+    events = [chunk({"role": "assistant", "content": None}), chunk({"tool_calls": [first]})]
+    events += [
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+        for piece in pieces[1:]
+    ]
+    return reply_stream([*events, chunk({}, finish="tool_calls"), USAGE_CHUNK])
+
+
+def tool_call_json(arguments: str):
+    from tests.fake_upstream import completion, reply_json
+
+    return reply_json(
+        completion(
+            None,
+            tool_calls=[
+                {
+                    "id": "call_w1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        )
+    )
+
+
+# --- plain text -----------------------------------------------------------------------
+
+
+def test_text_answer_through_the_sdk(sdk, fake):
+    message = ask(sdk, "Say hello")
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Hello from fake"
+    assert message.model == MODEL
+    assert message.stop_reason == "end_turn"
+    assert message.id.startswith("msg_")
+    assert message.usage.input_tokens == 7 and message.usage.output_tokens == 3
+    sent = fake.chat_requests[-1]["body"]
+    assert sent["messages"] == [{"role": "user", "content": "Say hello"}]
+    assert sent["max_tokens"] == 1024
+    assert sent["model"] == "coder-model"  # no map: the default model
+
+
+def test_system_prompt_reaches_upstream_as_one_system_message(sdk, fake):
+    ask(
+        sdk,
+        system=[
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Answer in English."},
+        ],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    )
+    messages = fake.chat_requests[-1]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"] == "You are terse.\n\nAnswer in English."
+
+
+def test_multi_turn_history_is_forwarded_in_order(sdk, fake):
+    ask(
+        sdk,
+        messages=[
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": [{"type": "text", "text": "Hello Ada."}]},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+    assert fake.chat_requests[-1]["body"]["messages"] == [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello Ada."},
+        {"role": "user", "content": "What is my name?"},
+    ]
+
+
+def test_streamed_text_assembles_in_the_sdk(sdk, fake):
+    with sdk.messages.stream(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello from fake"
+    assert final.content[0].text == "Hello from fake"
+    assert final.stop_reason == "end_turn"
+    assert final.usage.input_tokens == 7 and final.usage.output_tokens == 3
+    assert fake.chat_requests[-1]["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_raw_stream_has_the_anthropic_event_sequence(make_config, fake):
+    client = create_app(make_config()).test_client()
+    response = client.post(
+        "/v1/messages?beta=true",
+        json={
+            "model": MODEL,
+            "max_tokens": 10,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "text/event-stream"
+    assert response.headers["X-Qwenproxy-Backend"] == "qwen-oauth"
+    names = [
+        line[len("event: ") :]
+        for line in response.get_data(as_text=True).splitlines()
+        if line.startswith("event: ")
+    ]
+    assert names == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+
+
+def test_usage_reports_cache_reads(sdk, fake):
+    from tests.fake_upstream import completion, reply_json
+
+    usage = {
+        "prompt_tokens": 120,
+        "completion_tokens": 9,
+        "total_tokens": 129,
+        "prompt_tokens_details": {"cached_tokens": 100},
+    }
+    fake.script.append(reply_json(completion("ok", usage=usage)))
+    message = ask(sdk)
+    assert message.usage.input_tokens == 20
+    assert message.usage.cache_read_input_tokens == 100
+    assert message.usage.output_tokens == 9
+
+
+# --- tools ----------------------------------------------------------------------------
+
+
+def follow_up(question: str, tool_use, result: str) -> list[dict]:
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": [tool_use.model_dump(exclude_none=True)]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": tool_use.id,
+                    "content": result,
+                    "cache_control": {"type": "ephemeral"},
+                }
+            ],
+        },
+    ]
+
+
+def assert_upstream_saw_the_tool_round_trip(fake, result: str) -> None:
+    messages = fake.chat_requests[-1]["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    call = messages[1]["tool_calls"][0]
+    assert call["id"] == "call_w1" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert messages[2] == {"role": "tool", "tool_call_id": "call_w1", "content": result}
+
+
+@pytest.mark.parametrize(
+    "arguments", ['{"city": "Paris"}', '{"city":"Paris"}'], ids=["spaced", "compact"]
+)
+def test_tool_use_round_trip(sdk, fake, arguments):
+    fake.script.append(tool_call_json(arguments))
+    message = ask(sdk, "Weather in Paris?", tools=[WEATHER_TOOL])
+    assert message.stop_reason == "tool_use"
+    [tool_use] = message.content
+    assert tool_use.type == "tool_use" and tool_use.name == "get_weather"
+    assert tool_use.input == {"city": "Paris"}
+    sent_tools = fake.chat_requests[-1]["body"]["tools"]
+    assert sent_tools[0]["function"]["parameters"] == WEATHER_TOOL["input_schema"]
+
+    answer = ask(
+        sdk, tools=[WEATHER_TOOL], messages=follow_up("Weather in Paris?", tool_use, "Sunny, 21 C")
+    )
+    assert answer.content[0].text == "Hello from fake"
+    assert_upstream_saw_the_tool_round_trip(fake, "Sunny, 21 C")
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ['{"city": "Paris"}'],
+        ["", '{"', "city", '": "Pa', 'ris"', "}"],
+        ['{"city": "Paris"}', "", '{"city": "Paris"}'],
+    ],
+    ids=["whole", "split-oddly", "repeated-whole"],
+)
+def test_streamed_tool_use_round_trip(sdk, fake, pieces):
+    fake.script.append(tool_call_stream(pieces))
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    [tool_use] = final.content
+    assert tool_use.type == "tool_use" and tool_use.id == "call_w1"
+    assert tool_use.input == {"city": "Paris"}
+
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=follow_up("Weather in Paris?", tool_use, "Sunny"),
+    ) as stream:
+        assert stream.get_final_text() == "Hello from fake"
+    assert_upstream_saw_the_tool_round_trip(fake, "Sunny")
+
+
+def test_streamed_tool_use_with_empty_arguments_gets_an_empty_object(sdk, fake):
+    fake.script.append(tool_call_stream([""]))
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[{"role": "user", "content": "x"}],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].input == {}
+
+
+def test_tool_result_errors_are_noted_for_the_model(sdk, fake):
+    ask(
+        sdk,
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "is_error": True,
+                        "content": [{"type": "text", "text": "city is required"}],
+                    }
+                ],
+            },
+        ],
+    )
+    tool = fake.chat_requests[-1]["body"]["messages"][-1]
+    assert tool["role"] == "tool" and "city is required" in tool["content"]
+    assert "error" in tool["content"].lower()
+
+
+def test_claude_code_shaped_request_is_accepted(make_config, fake):
+    client = create_app(make_config()).test_client()
+    body = {
+        "model": MODEL,
+        "max_tokens": 32000,
+        "stream": False,
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}
+        ],
+        "messages": [
+            {"role": "system", "content": "Extra system note."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}],
+            },
+        ],
+        "tools": [{**WEATHER_TOOL, "defer_loading": True}],
+        "metadata": {"user_id": "user_abc"},
+        "thinking": {"type": "enabled", "budget_tokens": 4000},
+        "output_config": {"effort": "high"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+    }
+    response = client.post(
+        "/v1/messages?beta=true",
+        json=body,
+        headers={
+            "x-api-key": "anything",
+            "anthropic-beta": "made-up-2099-01-01",
+            "anthropic-version": "2023-06-01",
+        },
+    )
+    assert response.status_code == 200, response.json
+    sent = fake.chat_requests[-1]["body"]
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": "You are Claude Code.\n\nExtra system note.",
+    }
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
+    for dropped in ("metadata", "thinking", "output_config", "context_management"):
+        assert dropped not in sent
+
+
+# --- models, commands -------------------------------------------------------------------
+
+
+def test_vendor_model_is_mapped_through_anthropic_model_map(make_sdk, fake, fake_b):
+    sdk = make_sdk(
+        dashscope_api_keys=("sk-dash-1",),
+        dashscope_base_url=fake_b.api_base,
+        anthropic_model_map={"claude-*": "dashscope:qwen3-coder-flash"},
+    )
+    message = ask(sdk)
+    assert message.model == MODEL
+    assert fake.chat_requests == []
+    assert fake_b.chat_requests[-1]["body"]["model"] == "qwen3-coder-flash"
+
+
+def test_our_own_model_names_pass_through(sdk, fake):
+    sdk.messages.create(
+        model="qwen-oauth:qwen-max", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert fake.chat_requests[-1]["body"]["model"] == "qwen-max"
+
+
+def test_in_chat_command_is_answered_locally(sdk, fake):
+    message = ask(sdk, "!/hello")
+    assert message.content[0].text.startswith("[qwenproxy]")
+    assert message.usage.input_tokens == 0
+    with sdk.messages.stream(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "!/hello"}]
+    ) as stream:
+        assert stream.get_final_text().startswith("[qwenproxy]")
+    assert fake.chat_requests == []
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_bad_key_is_a_401_in_anthropics_shape(make_sdk, make_config, fake):
+    sdk = make_sdk(key="wrong", proxy_api_keys=("right",))
+    with pytest.raises(anthropic.AuthenticationError) as caught:
+        ask(sdk)
+    assert caught.value.status_code == 401
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Invalid API key for this proxy."},
+    }
+    good = make_sdk(key="right", proxy_api_keys=("right",))
+    assert ask(good).content[0].text == "Hello from fake"
+
+
+def test_bearer_key_is_accepted_too(make_config, fake):
+    client = create_app(make_config(proxy_api_keys=("right",))).test_client()
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert (
+        client.post(
+            "/v1/messages", json=body, headers={"Authorization": "Bearer right"}
+        ).status_code
+        == 200
+    )
+    assert client.post("/v1/messages", json=body, headers={"x-api-key": "right"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        b'{"model": "x", "max_tokens": 5}',
+        b'{"messages": [{"role": "user", "content": 5}]}',
+    ],
+)
+def test_bad_body_is_a_400_in_anthropics_shape(make_config, fake, raw):
+    client = create_app(make_config()).test_client()
+    response = client.post("/v1/messages", data=raw, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json["type"] == "error"
+    assert response.json["error"]["type"] == "invalid_request_error"
+    assert response.json["error"]["message"]
+    assert fake.chat_requests == []
+
+
+def test_sdk_raises_bad_request_for_a_bad_body(sdk, fake):
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(model=MODEL, max_tokens=5, messages=[])
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_upstream_rate_limit_is_a_429_rate_limit_error(sdk, fake):
+    fake.script.append(reply_error(429, "slow down", headers=[("Retry-After", "7")]))
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        ask(sdk)
+    assert caught.value.body["error"]["type"] == "rate_limit_error"
+    assert caught.value.response.headers["Retry-After"] == "7"
+
+
+def test_too_large_body_is_request_too_large(make_config, fake):
+    client = create_app(make_config(max_body_bytes=100)).test_client()
+    response = client.post(
+        "/v1/messages",
+        json={
+            "model": MODEL,
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x" * 500}],
+        },
+    )
+    assert response.status_code == 413
+    assert response.json["error"]["type"] == "request_too_large"
+
+
+def test_chat_completions_keeps_the_openai_error_shape(make_config, fake):
+    client = create_app(make_config()).test_client()
+    response = client.post(
+        "/v1/chat/completions", data=b"not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert set(response.json) == {"error"}
+    assert response.json["error"]["type"] == "invalid_request_error"
+
+
+def test_error_mid_stream_is_an_error_event(sdk, fake):
+    fake.script.append(reply_stream([chunk({"content": "partial"})], done=False))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with sdk.messages.stream(
+            model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            for _ in stream:
+                pass
+    assert caught.value.body["type"] == "error"
+    assert "closed the stream" in caught.value.body["error"]["message"]
+
+
+def test_keepalive_becomes_a_ping_event(make_config, fake):
+    events = [chunk({"content": "a"}), chunk({}, finish="stop")]
+    fake.script.append(reply_stream(events, delay=0.3))
+    client = create_app(make_config(stream_keepalive=0.1)).test_client()
+    response = client.post(
+        "/v1/messages",
+        json={
+            "model": MODEL,
+            "max_tokens": 5,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    text = response.get_data(as_text=True)
+    assert text.count("event: ping") >= 2  # the opening one and at least one keep-alive
+    assert "\n: ping" not in text  # no bare SSE comment: Anthropic clients expect events
+    assert text.rstrip().endswith('data: {"type":"message_stop"}')
+
+
+# --- the other routes -------------------------------------------------------------------
+
+
+def test_count_tokens_gives_an_estimate(sdk, fake):
+    result = sdk.messages.count_tokens(
+        model=MODEL,
+        system="s" * 40,
+        messages=[{"role": "user", "content": "u" * 400}],
+    )
+    assert result.input_tokens == 110
+    assert fake.chat_requests == []
+
+
+def test_hello_probe_answers_without_a_key(make_config):
+    client = create_app(make_config(proxy_api_keys=("k",))).test_client()
+    assert client.head("/api/hello").status_code == 200
+    assert client.get("/api/hello").status_code == 200
+
+
+# --- accounting and disconnects -----------------------------------------------------------
+
+
+def recording_app(make_config, **config):
+    """An app whose pipeline also hands each finished request's context to a list."""
+    app = create_app(make_config(**config))
+    service = app.extensions["qwenproxy"].completions
+    finish = service._finish
+    finished: list = []
+
+    def spy(ctx):
+        finished.append(ctx)
+        finish(ctx)
+
+    service._finish = spy
+    return app, finished
+
+
+def test_a_finished_stream_is_recorded_as_a_success(make_config, fake):
+    app, finished = recording_app(make_config)
+    body = {
+        "model": MODEL,
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    app.test_client().post("/v1/messages", json=body).get_data()
+    [ctx] = finished
+    assert ctx.status == 200 and ctx.error_code is None
+    assert ctx.usage == USAGE_CHUNK["usage"]
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream(make_config, fake):
+    fake.script.append(reply_endless_stream(0.01))
+    app, finished = recording_app(make_config)
+    body = {
+        "model": MODEL,
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    response = app.test_client().post("/v1/messages", json=body, buffered=False)
+    frames = iter(response.response)
+    assert b"message_start" in next(frames)
+    while b"content_block_delta" not in next(frames):
+        pass
+    response.close()
+    assert fake.stream_closed.wait(2.0)
+    [ctx] = finished
+    assert ctx.status == 499

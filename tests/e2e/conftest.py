@@ -1,0 +1,26 @@
+"""End-to-end helpers: SDK clients that are closed after each test (an open client's
+sockets would surface as ResourceWarnings, which the suite treats as errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+_open_clients: list[openai.OpenAI] = []
+
+
+def openai_client(proxy, key: str = "x", **options) -> openai.OpenAI:
+    options.setdefault("max_retries", 0)
+    options.setdefault("timeout", 20)
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=key, **options)
+    _open_clients.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_openai_clients() -> Iterator[None]:
+    yield
+    while _open_clients:
+        _open_clients.pop().close()
