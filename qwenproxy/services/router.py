@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from qwenproxy.errors import InvalidRequestError, ModelNotFoundError
 from qwenproxy.services.backends import Backend
-from qwenproxy.services.store import Database, routes_table
+from qwenproxy.services.store import Database, database_errors, routes_table
 
 POLICIES = {
     "k": "each key/account of the first element's backend in turn",
@@ -98,7 +98,7 @@ class RouteStore:
     def get(self, name: str) -> FailoverRoute | None:
         if name in self.declared:
             return self.declared[name]
-        with self._db.engine.connect() as conn:
+        with database_errors("reading failover routes"), self._db.engine.connect() as conn:
             row = conn.execute(
                 sa.select(routes_table.c.policy, routes_table.c.elements).where(
                     routes_table.c.name == name
@@ -109,7 +109,7 @@ class RouteStore:
         return FailoverRoute(name, row.policy, tuple(orjson.loads(row.elements)))
 
     def all(self) -> list[FailoverRoute]:
-        with self._db.engine.connect() as conn:
+        with database_errors("reading failover routes"), self._db.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(routes_table.c.name, routes_table.c.policy, routes_table.c.elements)
             ).all()
@@ -129,7 +129,7 @@ class RouteStore:
             "elements": orjson.dumps(list(route.elements)).decode(),
             "updated_at": self._clock(),
         }
-        with self._db.engine.begin() as conn:
+        with database_errors("saving a failover route"), self._db.engine.begin() as conn:
             updated = conn.execute(
                 routes_table.update().where(routes_table.c.name == route.name).values(**values)
             ).rowcount
@@ -141,7 +141,7 @@ class RouteStore:
             raise InvalidRequestError(
                 f"Route {name!r} is declared in FAILOVER_ROUTES and cannot be deleted at run time."
             )
-        with self._db.engine.begin() as conn:
+        with database_errors("deleting a failover route"), self._db.engine.begin() as conn:
             return bool(
                 conn.execute(routes_table.delete().where(routes_table.c.name == name)).rowcount
             )

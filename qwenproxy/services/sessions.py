@@ -15,7 +15,13 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.store import Database, KeyValueTable, dumps, sessions_table
+from qwenproxy.services.store import (
+    Database,
+    KeyValueTable,
+    database_errors,
+    dumps,
+    sessions_table,
+)
 
 MAX_SESSION_HEADER = 128
 
@@ -61,7 +67,7 @@ class SessionStore:
         self._last_purge = 0.0
 
     def load(self, session_id: str) -> LoadedSession:
-        with self._db.engine.connect() as conn:
+        with database_errors("reading the session"), self._db.engine.connect() as conn:
             row = conn.execute(
                 sa.select(sessions_table.c.state, sessions_table.c.updated_at).where(
                     sessions_table.c.id == session_id
@@ -78,9 +84,10 @@ class SessionStore:
         """Store `state` if nobody changed the session since `loaded` (compare-and-set):
         the session as now stored, or None when another request changed it first."""
         raw = dumps(asdict(state))
-        if not self._table.put_raw(loaded.id, raw, loaded.raw):
-            return None
-        self._purge_now_and_then()
+        with database_errors("saving the session"):
+            if not self._table.put_raw(loaded.id, raw, loaded.raw):
+                return None
+            self._purge_now_and_then()
         return LoadedSession(loaded.id, state, raw, self._clock())
 
     def touch_if_stale(self, loaded: LoadedSession) -> None:
@@ -88,7 +95,8 @@ class SessionStore:
         if loaded.updated_at is None:
             return
         if self._clock() - loaded.updated_at > min(self._ttl / 10, 3600):
-            self._table.touch(loaded.id)
+            with database_errors("saving the session"):
+                self._table.touch(loaded.id)
 
     def _purge_now_and_then(self) -> None:
         now = self._clock()

@@ -5,8 +5,10 @@ PostgreSQL with the same code, so several workers or instances share one state.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from qwenproxy.errors import ServiceUnavailableError
+
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 sessions_table = sa.Table(
@@ -32,6 +37,25 @@ routes_table = sa.Table(
     sa.Column("elements", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """Class and first line of a database error, without the statement or its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    first_line = (str(original).strip().splitlines() or [""])[0][:300]
+    return f"{type(original).__name__}: {first_line}" if first_line else type(original).__name__
+
+
+@contextmanager
+def database_errors(what: str, code: str = "database_unavailable") -> Iterator[None]:
+    """Turn a database failure into a 503 that says what could not be done."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("%s failed: %s", what, describe_db_error(exc))
+        raise ServiceUnavailableError(
+            f"The proxy's database is unavailable ({what}); see the proxy log.", code=code
+        ) from None
 
 
 def default_database_url(data_dir: Path) -> str:

@@ -19,8 +19,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from qwenproxy.errors import ServiceUnavailableError
-from qwenproxy.services.store import Database, metadata
+from qwenproxy.services.store import Database, database_errors, describe_db_error, metadata
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("qwenproxy.requests")
@@ -268,13 +267,6 @@ def json_log_line(rec: UsageRecord) -> str:
     return orjson.dumps({"event": "request", **rec.as_row()}).decode()
 
 
-def _describe_db_error(exc: BaseException) -> str:
-    """Class and first line of a database error, without the statement or its parameters."""
-    original = getattr(exc, "orig", None) or exc
-    first_line = (str(original).strip().splitlines() or [""])[0][:300]
-    return f"{type(original).__name__}: {first_line}" if first_line else type(original).__name__
-
-
 class UsageLedger:
     """Queues `UsageRecord`s in memory and writes them to `qp_usage` in batches.
 
@@ -415,7 +407,7 @@ class UsageLedger:
         except Exception as exc:  # a failing database must not stop accounting
             self._failed += len(rows)
             log.warning(
-                "usage ledger: could not write %d row(s): %s", len(rows), _describe_db_error(exc)
+                "usage ledger: could not write %d row(s): %s", len(rows), describe_db_error(exc)
             )
         if request_log.isEnabledFor(logging.INFO):
             for rec in batch:
@@ -448,15 +440,9 @@ class UsageLedger:
         return self._query(query)
 
     def _query(self, query: sa.Select) -> list[Any]:
-        try:
+        with database_errors("reading the usage ledger", code="usage_database_unavailable"):
             with self._db.engine.connect() as conn:
                 return list(conn.execute(query))
-        except sa.exc.SQLAlchemyError as exc:
-            log.warning("usage ledger: query failed: %s", _describe_db_error(exc))
-            raise ServiceUnavailableError(
-                "The usage database is unavailable; see the proxy log.",
-                code="usage_database_unavailable",
-            ) from None
 
     def stats(self, since_s: float, group_by: str | None = None) -> list[dict[str, Any]]:
         """One summary per group of the rows of the last `since_s` seconds; `group_by` is

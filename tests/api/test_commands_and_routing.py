@@ -4,6 +4,7 @@ two fake upstreams: `fake` (qwen-oauth) and `fake_b` (a DashScope-style API-key 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -322,3 +323,16 @@ def test_command_prefix_can_be_changed(make_config, fake):
     assert answer(chat(client, "##hello")).startswith(LOCAL)
     assert answer(chat(client, "!/hello")) == "Hello from fake"
     assert fake.chat_requests[-1]["body"]["messages"] == user("!/hello")
+
+
+def test_an_unavailable_database_is_a_503_not_a_traceback(app, client, fake):
+    db = app.extensions["qwenproxy"].db
+    db.engine.dispose()
+    path = Path(db.url.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):  # the next connection finds an empty file: no tables
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    response = chat(client, "hi", session="new-session")
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "database_unavailable"
+    assert "session" in response.json["error"]["message"]
+    assert fake.chat_requests == []
