@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 
 import orjson
-from flask import Blueprint, Response, request, stream_with_context
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from qwenproxy.api.chat import SSE_HEADERS
-from qwenproxy.api.context import request_context, require_client, services
+from qwenproxy.api.context import pipeline_response, request_context, require_client, services
 from qwenproxy.api.errors import proxy_error_for
 from qwenproxy.errors import ProxyError
 from qwenproxy.schemas import parse_json_object
@@ -22,7 +21,6 @@ from qwenproxy.services.anthropic_format import (
     to_chat_request,
     to_message,
 )
-from qwenproxy.services.completions import StreamingCompletion
 from qwenproxy.services.pipeline_frames import translate_frames
 
 log = logging.getLogger(__name__)
@@ -48,17 +46,10 @@ def messages() -> Response:
     result = services().completions.handle(
         translated.chat, request_context(requested_model=translated.model)
     )
-    if isinstance(result, StreamingCompletion):
-        frames = translate_frames(result.frames, AnthropicStream(translated))
-        return Response(
-            stream_with_context(frames),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **result.headers},
-        )
-    return Response(
-        orjson.dumps(to_message(result.body, translated)),
-        mimetype="application/json",
-        headers=result.headers,
+    return pipeline_response(
+        result,
+        lambda frames: translate_frames(frames, AnthropicStream(translated)),
+        lambda body: to_message(body, translated),
     )
 
 

@@ -3,10 +3,14 @@ per-request context (client, session) handed to the pipeline."""
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+from flask import Response, current_app, g, request, stream_with_context
 from werkzeug.datastructures import Headers
 
-from qwenproxy.services.completions import RequestContext
+from qwenproxy.services.completions import Completion, RequestContext, StreamingCompletion
 from qwenproxy.services.container import Services
 from qwenproxy.services.sessions import session_id_for
 
@@ -18,6 +22,26 @@ def services() -> Services:
 def require_client() -> None:
     """`before_request` hook of the API blueprints: 401/403 unless the client may pass."""
     g.client_id = services().access.check(request.headers, request.remote_addr)
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def pipeline_response(
+    result: Completion | StreamingCompletion,
+    frames: Callable[[Iterator[bytes]], Iterator[bytes]] = lambda frames: frames,
+    answer: Callable[[dict[str, Any]], dict[str, Any]] = lambda body: body,
+) -> Response:
+    """The HTTP response for a pipeline result; front doors pass their translations."""
+    if isinstance(result, StreamingCompletion):
+        return Response(
+            stream_with_context(frames(result.frames)),
+            mimetype="text/event-stream",
+            headers={**SSE_HEADERS, **result.headers},
+        )
+    return Response(
+        orjson.dumps(answer(result.body)), mimetype="application/json", headers=result.headers
+    )
 
 
 def request_context(requested_model: str | None = None) -> RequestContext:

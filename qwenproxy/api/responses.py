@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import orjson
-from flask import Blueprint, Response, request, stream_with_context
+from flask import Blueprint, Response, request
 
-from qwenproxy.api.chat import SSE_HEADERS
-from qwenproxy.api.context import request_context, require_client, services
+from qwenproxy.api.context import pipeline_response, request_context, require_client, services
 from qwenproxy.schemas import parse_json_object
-from qwenproxy.services.completions import StreamingCompletion
 from qwenproxy.services.pipeline_frames import translate_frames
 from qwenproxy.services.responses_format import ResponsesStream, to_chat_request, to_response
 
@@ -26,15 +23,8 @@ def create_response() -> Response:
     result = services().completions.handle(
         translated.chat, request_context(requested_model=translated.model)
     )
-    if isinstance(result, StreamingCompletion):
-        frames = translate_frames(result.frames, ResponsesStream(translated))
-        return Response(
-            stream_with_context(frames),
-            mimetype="text/event-stream",
-            headers={**SSE_HEADERS, **result.headers},
-        )
-    return Response(
-        orjson.dumps(to_response(result.body, translated)),
-        mimetype="application/json",
-        headers=result.headers,
+    return pipeline_response(
+        result,
+        lambda frames: translate_frames(frames, ResponsesStream(translated)),
+        lambda body: to_response(body, translated),
     )

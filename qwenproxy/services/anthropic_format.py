@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError, ProxyError
+from qwenproxy.services.pipeline_frames import ChunkTranslator
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -465,7 +466,7 @@ class _ToolBlock:
     closed: bool = False
 
 
-class AnthropicStream:
+class AnthropicStream(ChunkTranslator):
     """A chat-completions stream, chunk by chunk, as Anthropic's stream events:
     message_start, ping, then per content block content_block_start / _delta / _stop,
     then message_delta (stop_reason, usage) and message_stop.
@@ -506,24 +507,9 @@ class AnthropicStream:
     def ping(self) -> list[bytes]:
         return [sse_event("ping", {"type": "ping"})]
 
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                out.extend(self._text(text))
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    out.extend(self._tool_call(call))
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-                self._matched_stop = choice.get("stop_reason")
-        return out
+    def _finished(self, choice: dict[str, Any]) -> None:
+        self._finish = choice["finish_reason"]
+        self._matched_stop = choice.get("stop_reason")
 
     def done(self) -> list[bytes]:
         out = self._close_open()

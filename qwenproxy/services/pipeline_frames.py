@@ -27,6 +27,41 @@ class StreamTranslator(Protocol):
     def error(self, error: dict[str, Any]) -> list[bytes]: ...
 
 
+class ChunkTranslator:
+    """The part every translator shares: walk a chat chunk's first choice and hand its
+    text and tool-call pieces to `_text` / `_tool_call`; note usage and the finish."""
+
+    _usage: dict[str, Any] | None = None
+    _finish: str | None = None
+
+    def _text(self, text: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def _finished(self, choice: dict[str, Any]) -> None:
+        self._finish = choice["finish_reason"]
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        if chunk.get("usage"):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out.extend(self._text(text))
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    out.extend(self._tool_call(call))
+            if choice.get("finish_reason"):
+                self._finished(choice)
+        return out
+
+
 def translate_frames(frames: Iterator[bytes], translator: StreamTranslator) -> Iterator[bytes]:
     """The translated stream. The pipeline's frames come one per item (`data: <chunk>`,
     `: ping`, `data: [DONE]`, or `data: {"error": ...}` as the last one); a buffer keeps

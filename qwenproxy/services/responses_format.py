@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.pipeline_frames import ChunkTranslator
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -593,7 +594,7 @@ class _Item:
     closed: bool = False
 
 
-class ResponsesStream:
+class ResponsesStream(ChunkTranslator):
     """A chat-completions stream, chunk by chunk, as Responses events (each with its
     `sequence_number`): response.created, response.in_progress; per message item
     output_item.added, content_part.added, output_text.delta…, output_text.done,
@@ -625,24 +626,6 @@ class ResponsesStream:
 
     def ping(self) -> list[bytes]:
         return [b": ping\n\n"]
-
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                out.extend(self._text(text))
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    out.extend(self._tool_call(call))
-            if choice.get("finish_reason"):
-                self._finish = choice["finish_reason"]
-        return out
 
     def done(self) -> list[bytes]:
         out = self._close_open()
