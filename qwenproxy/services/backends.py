@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 import requests
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError
 
 from qwenproxy.errors import (
@@ -152,10 +153,17 @@ class UpstreamStream:
         self._backend = backend
 
     def __iter__(self) -> Iterator[SSEEvent]:
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[SSEEvent]]:
+        """The events of each network read, together (so they can leave in one write)."""
         decoder = SSEDecoder()
         try:
             for chunk in self._response.iter_content(chunk_size=None):
-                yield from decoder.feed(chunk)
+                events = decoder.feed(chunk)
+                if events:
+                    yield events
         except requests.RequestException as exc:
             if isinstance(exc, requests.Timeout) or (
                 exc.args and isinstance(exc.args[0], ReadTimeoutError)
@@ -166,7 +174,9 @@ class UpstreamStream:
             raise UpstreamError(
                 f"The connection to backend {self._backend} broke mid-stream."
             ) from None
-        yield from decoder.flush()
+        events = decoder.flush()
+        if events:
+            yield events
 
     def close(self) -> None:
         self._response.close()
@@ -292,12 +302,8 @@ class OpenAICompatibleBackend:
                 "Accept": "text/event-stream" if stream else "application/json",
             }
             try:
-                response = self._http.post(
-                    auth.api_base + "/chat/completions",
-                    data=payload,
-                    headers=headers,
-                    stream=True,
-                    timeout=self._timeout,
+                response = post_prepared(
+                    self._http, auth.api_base + "/chat/completions", headers, payload, self._timeout
                 )
             except requests.RequestException as exc:
                 raise self._transport_error(exc) from None
@@ -328,6 +334,27 @@ class OpenAICompatibleBackend:
         ):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
         return UpstreamError(f"Could not reach backend {self.name}.")
+
+
+def post_prepared(
+    http: requests.Session,
+    url: str,
+    headers: dict[str, str],
+    payload: bytes,
+    timeout: tuple[float, float],
+) -> requests.Response:
+    """POST through the shared session's connection pool without `Session.request`'s
+    per-call preparation (environment, cookies, hooks, redirects: none apply to an
+    upstream taken from configuration) — a third of the proxy's per-request CPU otherwise.
+    Redirects are not followed: an upstream cannot send a request elsewhere."""
+    request = requests.PreparedRequest()
+    request.method = "POST"
+    request.url = url
+    request.headers = CaseInsensitiveDict(headers)
+    request.headers["Content-Length"] = str(len(payload))
+    request.body = payload
+    request.hooks = {"response": []}
+    return http.get_adapter(url).send(request, stream=True, timeout=timeout)
 
 
 def parse_upstream_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ SSE) into what OpenAI clients expect — with one accounting record per request.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -209,38 +210,55 @@ def _can_fail_over(error: ProxyError) -> bool:
 _END = object()
 
 
-def events_with_keepalive(
-    upstream: UpstreamStream, interval: float | None
-) -> Iterator[SSEEvent | None]:
-    """The upstream's events; `None` whenever it was silent for `interval` seconds.
+@functools.cache
+def _under_gevent() -> bool:
+    """True in a gunicorn gevent worker (threading is monkey-patched there)."""
+    from gevent import monkey
 
-    A reader (a greenlet under gunicorn's gevent worker) pulls the upstream so that the
+    return bool(monkey.is_module_patched("threading"))
+
+
+def batches_with_keepalive(
+    upstream: UpstreamStream, interval: float | None
+) -> Iterator[list[SSEEvent] | None]:
+    """The upstream's events, a list per network read; `None` whenever the upstream was
+    silent for `interval` seconds.
+
+    A reader (a bare greenlet under gevent, a thread otherwise) pulls the upstream so the
     client side can wake up for keep-alives; a small queue keeps back-pressure.
     """
     if not interval:
-        yield from upstream
+        yield from upstream.batches()
         return
-    items: queue.Queue[Any] = queue.Queue(maxsize=32)
-    closed = threading.Event()
+    if _under_gevent():
+        import gevent
+        import gevent.queue
+
+        items: Any = gevent.queue.Queue(maxsize=16)
+    else:
+        items = queue.Queue(maxsize=16)
+    closed = [False]
 
     def pump() -> None:
         try:
-            for event in upstream:
-                while not closed.is_set():
+            for batch in upstream.batches():
+                while not closed[0]:
                     try:
-                        items.put(event, timeout=1.0)
+                        items.put(batch, timeout=1.0)
                         break
                     except queue.Full:
                         continue
-                if closed.is_set():
+                if closed[0]:
                     return
             items.put(_END)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            if not closed.is_set():
+            if not closed[0]:
                 items.put(exc)
 
-    reader = threading.Thread(target=pump, name="upstream-reader", daemon=True)
-    reader.start()
+    if _under_gevent():
+        gevent.spawn(pump)
+    else:
+        threading.Thread(target=pump, name="upstream-reader", daemon=True).start()
     try:
         while True:
             try:
@@ -254,9 +272,9 @@ def events_with_keepalive(
                 raise item
             yield item
     finally:
-        closed.set()
+        closed[0] = True
         upstream.close()
-        while True:  # unblock the reader if it waits to hand over an event
+        while True:  # unblock the reader if it waits to hand over a batch
             try:
                 items.get_nowait()
             except queue.Empty:
@@ -462,52 +480,58 @@ class CompletionService:
         if self.accounting is not None:
             self.accounting.stream_opened()
         try:
-            for event in events_with_keepalive(upstream, self.stream_keepalive):
-                if event is None:
+            for batch in batches_with_keepalive(upstream, self.stream_keepalive):
+                if batch is None:
                     yield KEEPALIVE_FRAME
                     continue
-                data = event.data
-                if data == DONE_DATA:
-                    completed = True
-                    yield DONE_FRAME
-                    return
-                chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
-                if ctx.first_token_at is None:
-                    ctx.first_token_at = time.perf_counter()
-                    ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
-                if "error" in chunk and not chunk.get("choices"):
-                    log.warning("backend %s sent an error event mid-stream", name)
-                    error = chunk["error"]
-                    ctx.status = 502
-                    ctx.error_code = (error.get("code") if isinstance(error, dict) else None) or (
-                        "upstream_error"
-                    )
-                    completed = True
-                    yield encode_data(data)
-                    return
-                changed = False
-                usage = chunk.get("usage")
-                if usage:
-                    ctx.usage = usage
-                    if not client_wants_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
+                out: list[bytes] = []  # what one upstream read gives: one write to the client
+                last = False
+                for event in batch:
+                    data = event.data
+                    if data == DONE_DATA:
+                        out.append(DONE_FRAME)
+                        last = True
+                        break
+                    chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
+                    if ctx.first_token_at is None:
+                        ctx.first_token_at = time.perf_counter()
+                        ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
+                    if "error" in chunk and not chunk.get("choices"):
+                        log.warning("backend %s sent an error event mid-stream", name)
+                        error = chunk["error"]
+                        code = error.get("code") if isinstance(error, dict) else None
+                        ctx.status, ctx.error_code = 502, code or "upstream_error"
+                        out.append(encode_data(data))
+                        last = True
+                        break
+                    changed = False
+                    usage = chunk.get("usage")
+                    if usage:
+                        ctx.usage = usage
+                        if not client_wants_usage:
+                            if not chunk.get("choices"):
+                                continue
+                            del chunk["usage"]
+                            changed = True
+                    if not finished:
+                        finished = _has_finish(chunk)
+                    if b'"tool_calls"' in data and indexer.fill(chunk):
                         changed = True
-                if not finished:
-                    finished = _has_finish(chunk)
-                if b'"tool_calls"' in data and indexer.fill(chunk):
-                    changed = True
-                yield encode_data(orjson.dumps(chunk) if changed else data)
-                if detector is not None and b'"content"' in data:
-                    block = detector.feed(_delta_text(chunk))
-                    if block is not None:
-                        upstream.close()  # stop paying for the loop at once
-                        ctx.loop_detected = True
-                        completed = True
-                        log.warning("stopped a looping stream from %s", name)
-                        yield from _loop_stop_frames(chunk, block)
-                        return
+                    out.append(encode_data(orjson.dumps(chunk) if changed else data))
+                    if detector is not None and b'"content"' in data:
+                        block = detector.feed(_delta_text(chunk))
+                        if block is not None:
+                            upstream.close()  # stop paying for the loop at once
+                            ctx.loop_detected = True
+                            log.warning("stopped a looping stream from %s", name)
+                            out.extend(_loop_stop_frames(chunk, block))
+                            last = True
+                            break
+                completed = last
+                if out:
+                    yield b"".join(out)
+                if last:
+                    return
             if not finished:
                 raise UpstreamError(f"Backend {name} closed the stream before it finished.")
             completed = True

@@ -98,12 +98,10 @@ class RouteStore:
     def get(self, name: str) -> FailoverRoute | None:
         if name in self.declared:
             return self.declared[name]
-        with database_errors("reading failover routes"), self._db.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(routes_table.c.policy, routes_table.c.elements).where(
-                    routes_table.c.name == name
-                )
-            ).first()
+        with database_errors("reading failover routes"):
+            row = self._db.fetch_row(
+                "SELECT policy, elements FROM qp_failover_routes WHERE name = :name", name=name
+            )
         if row is None:
             return None
         return FailoverRoute(name, row.policy, tuple(orjson.loads(row.elements)))

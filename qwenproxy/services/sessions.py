@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import orjson
-import sqlalchemy as sa
 
 from qwenproxy.errors import InvalidRequestError
 from qwenproxy.services.store import (
@@ -67,12 +66,10 @@ class SessionStore:
         self._last_purge = 0.0
 
     def load(self, session_id: str) -> LoadedSession:
-        with database_errors("reading the session"), self._db.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(sessions_table.c.state, sessions_table.c.updated_at).where(
-                    sessions_table.c.id == session_id
-                )
-            ).first()
+        with database_errors("reading the session"):
+            row = self._db.fetch_row(
+                "SELECT state, updated_at FROM qp_sessions WHERE id = :id", id=session_id
+            )
         if row is None:
             return LoadedSession(session_id, SessionState(), None, None)
         if row.updated_at < self._clock() - self._ttl:  # expired: start afresh
