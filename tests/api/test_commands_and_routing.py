@@ -336,3 +336,25 @@ def test_an_unavailable_database_is_a_503_not_a_traceback(app, client, fake):
     assert response.json["error"]["code"] == "database_unavailable"
     assert "session" in response.json["error"]["message"]
     assert fake.chat_requests == []
+
+
+def test_several_qwen_code_accounts_rotate_and_quota_pauses_one(make_config, fake, tmp_path):
+    from tests.conftest import write_creds
+
+    second = write_creds(tmp_path / "second" / "oauth_creds.json", fake,
+                         access_token="tok-second", refresh_token="refresh-second")
+    fake.valid_tokens.add("tok-second")
+    first = make_config().qwen_oauth_creds[0]
+    client = create_app(make_config(qwen_oauth_creds=(first, second))).test_client()
+    for _ in range(4):
+        assert answer(chat(client, "hi")) == "Hello from fake"
+    tokens = [r["headers"]["authorization"] for r in fake.chat_requests]
+    assert sorted(tokens) == ["Bearer tok-initial"] * 2 + ["Bearer tok-second"] * 2
+    fake.script.append(
+        reply_error(429, "Free allocated quota exceeded.", code="insufficient_quota")
+    )
+    assert answer(chat(client, "hi")) == "Hello from fake"  # the other account answered
+    paused = fake.chat_requests[-2]["headers"]["authorization"]
+    for _ in range(3):
+        chat(client, "hi")
+    assert all(r["headers"]["authorization"] != paused for r in fake.chat_requests[-3:])

@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import ROOT, write_creds
 from tests.e2e.conftest import openai_client
-from tests.fake_upstream import chunk, reply_endless_stream, reply_stream
+from tests.fake_upstream import chunk, reply_endless_stream, reply_error, reply_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -256,8 +256,20 @@ def test_logs_hold_no_tokens_and_no_monkeypatch_warning(start_proxy, fake, creds
         headers={"Authorization": "Bearer sk-wrong-key-123"},
         timeout=10,
     )
+    fake.reject_every_token = False
+    fake.script.append(reply_error(500, "upstream exploded"))
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="m", messages=USER)
     proxy.stop()
-    log = proxy.output()
+    # A second proxy whose refresh token is dead: the refresh failure is logged cleanly too.
+    write_creds(creds_path, fake, expires_in=-60)
+    fake.refresh_mode = "dead"
+    dead = start_proxy(PROXY_API_KEY="sk-proxy-secret-1", LOG_LEVEL="DEBUG")
+    with pytest.raises(openai.APIStatusError):
+        sdk(dead, key="sk-proxy-secret-1").chat.completions.create(model="m", messages=USER)
+    dead.stop()
+    log = proxy.output() + dead.output()
+    assert "qwen_oauth_login_required" in log
     assert "Booting worker" in log
     for secret in (
         "sk-proxy-secret-1",
