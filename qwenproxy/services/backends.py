@@ -354,7 +354,9 @@ def post_prepared(
     request.headers["Content-Length"] = str(len(payload))
     request.body = payload
     request.hooks = {"response": []}
-    return http.get_adapter(url).send(request, stream=True, timeout=timeout)
+    response = http.get_adapter(url).send(request, stream=True, timeout=timeout)
+    request.body = None  # sent: a long stream need not keep the request body alive
+    return response
 
 
 def parse_upstream_object(raw: bytes, what: str) -> dict[str, Any]:

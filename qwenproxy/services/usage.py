@@ -317,7 +317,8 @@ class UsageLedger:
                 self._queue.popleft()
                 self._dropped += 1
             self._queue.append(rec)
-            wake = len(self._queue) >= self._batch_size
+            # The first row wakes an idle writer; a full batch wakes a gathering one.
+            wake = len(self._queue) == 1 or len(self._queue) >= self._batch_size
         if wake:
             self._wake.set()
 
@@ -372,9 +373,12 @@ class UsageLedger:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            # Event.wait yields to other greenlets under gevent: the writer never spins.
-            self._wake.wait(self._flush_interval)
+            # Idle until a row arrives (Event.wait yields to other greenlets under gevent),
+            # then let a batch gather for up to flush_interval before writing it.
+            self._wake.wait()
             self._wake.clear()
+            if not self._stopping.is_set():
+                self._stopping.wait(self._flush_interval)
             try:
                 with self._write_lock:
                     self._drain(None)
