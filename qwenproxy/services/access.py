@@ -39,22 +39,25 @@ class ClientAccess:
         return bool(self._keys)
 
     def client_address(self, remote_addr: str | None, headers: Mapping[str, str]) -> str | None:
-        if self._trust_proxy_headers:
-            # The last entry is the one our trusted reverse proxy added; earlier ones
-            # are whatever the client claimed.
-            forwarded = headers.get("X-Forwarded-For")
-            if forwarded:
-                return forwarded.rsplit(",", 1)[-1].strip()
-        return remote_addr
+        """The client's address. `X-Forwarded-For` counts only when trusted and sent by a
+        reverse proxy on this machine; its last entry is the one that proxy added."""
+        forwarded = headers.get("X-Forwarded-For") or headers.get("Forwarded")
+        if not forwarded:
+            return remote_addr
+        if self._trust_proxy_headers and _is_loopback(remote_addr):
+            return forwarded.rsplit(",", 1)[-1].strip()
+        # A forwarded request we do not trust: its real client is not known to be local.
+        return None
 
     def check(self, headers: Mapping[str, str], remote_addr: str | None) -> str:
         """The client id of an allowed request; raises 401/403 otherwise."""
         if not self._keys:
-            if _is_loopback(self.client_address(remote_addr, headers)):
+            if _is_loopback(self.client_address(remote_addr, headers)) and _local_page(headers):
                 return LOCAL_CLIENT_ID
             raise PermissionDeniedError(
-                "This proxy serves only loopback clients because no client key is set. "
-                "Set PROXY_API_KEY on the proxy and send it as `Authorization: Bearer <key>`."
+                "This proxy serves only local clients because no client key is set (requests "
+                "from web pages on other sites are refused too). Set PROXY_API_KEY on the proxy "
+                "and send it as `Authorization: Bearer <key>`."
             )
         presented = _presented_key(headers)
         if presented is None:
@@ -70,6 +73,31 @@ class ClientAccess:
         if match is None:
             raise AuthenticationError("Invalid API key for this proxy.")
         return self._ids[match.decode()]
+
+
+def _host_is_local(value: str) -> bool:
+    host = value.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost") or (
+        _is_loopback(host)
+    )
+
+
+def _local_page(headers: Mapping[str, str]) -> bool:
+    """Without keys, only local callers: refuse browsers on other sites (an `Origin` or a
+    cross-site fetch) and DNS rebinding (a `Host` that is not a loopback name)."""
+    host = headers.get("Host")
+    if host and not _host_is_local(host):
+        return False
+    origin = headers.get("Origin")
+    if origin is not None:
+        authority = origin.split("://", 1)[-1].split("/", 1)[0]
+        if origin == "null" or not _host_is_local(authority):
+            return False
+    return headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
 
 
 def _presented_key(headers: Mapping[str, str]) -> str | None:

@@ -30,10 +30,10 @@ def make_sdk(make_config):
 
     def make(key: str = "anything", **config) -> anthropic.Anthropic:
         app = create_app(make_config(**config))
-        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://proxy")
+        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://localhost")
         clients.append(http)
         return anthropic.Anthropic(
-            base_url="http://proxy", api_key=key, http_client=http, max_retries=0
+            base_url="http://localhost", api_key=key, http_client=http, max_retries=0
         )
 
     yield make

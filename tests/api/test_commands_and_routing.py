@@ -208,7 +208,7 @@ def test_no_command_or_field_chooses_an_upstream_url(client, fake, fake_b):
     response = client.post("/v1/chat/completions",
                            json={"model": "qwen-plus", "messages": user("hi"),
                                  "base_url": "http://127.0.0.1:1/v1", "api_base": "x"},
-                           headers={"X-Forwarded-Host": "evil.example", "Host": "evil.example"})
+                           headers={"X-Forwarded-Host": "evil.example", "X-Original-URL": "http://x"})
     assert answer(response) == "Hello from fake"
     assert len(fake.chat_requests) == 1
 

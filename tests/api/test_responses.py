@@ -40,10 +40,10 @@ def make_sdk(make_config):
 
     def make(key: str = "anything", **config) -> openai.OpenAI:
         app = create_app(make_config(**config))
-        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://proxy")
+        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://localhost")
         clients.append(http)
         return openai.OpenAI(
-            base_url="http://proxy/v1", api_key=key, http_client=http, max_retries=0
+            base_url="http://localhost/v1", api_key=key, http_client=http, max_retries=0
         )
 
     yield make

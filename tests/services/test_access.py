@@ -42,8 +42,38 @@ def test_x_forwarded_for_is_ignored_by_default() -> None:
     # A remote client cannot claim to be local...
     with pytest.raises(PermissionDeniedError):
         access.check(Headers({"X-Forwarded-For": "127.0.0.1"}), "10.0.0.1")
-    # ...and a local client is not refused because of the header either.
-    assert access.check(Headers({"X-Forwarded-For": "10.0.0.1"}), "127.0.0.1")
+    # ...and a request that a local reverse proxy forwarded for someone else is not
+    # local either: without TRUST_PROXY_HEADERS its real client is unknown.
+    with pytest.raises(PermissionDeniedError):
+        access.check(Headers({"X-Forwarded-For": "10.0.0.1"}), "127.0.0.1")
+    assert access.check(Headers({}), "127.0.0.1")
+
+
+def test_trusted_forwarded_for_counts_only_from_a_local_proxy() -> None:
+    access = ClientAccess((), trust_proxy_headers=True)
+    with pytest.raises(PermissionDeniedError):  # a remote client talking to us directly
+        access.check(Headers({"X-Forwarded-For": "127.0.0.1"}), "203.0.113.5")
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "https://evil.example"},
+    {"Origin": "null"},
+    {"Host": "evil.example:8000"},
+    {"Sec-Fetch-Site": "cross-site"},
+])
+def test_without_keys_web_pages_of_other_sites_are_refused(headers) -> None:
+    with pytest.raises(PermissionDeniedError) as caught:
+        ClientAccess(()).check(Headers(headers), "127.0.0.1")
+    assert "PROXY_API_KEY" in caught.value.message
+
+
+@pytest.mark.parametrize("headers", [
+    {"Host": "localhost:8000"},
+    {"Host": "127.0.0.1:8000", "Origin": "http://localhost:3000"},
+    {"Host": "[::1]:8000", "Sec-Fetch-Site": "same-origin"},
+])
+def test_without_keys_local_tools_and_local_pages_are_served(headers) -> None:
+    assert ClientAccess(()).check(Headers(headers), "127.0.0.1") == "local"
 
 
 def test_x_forwarded_for_is_used_when_proxy_headers_are_trusted() -> None:
