@@ -100,7 +100,10 @@ COMMANDS: dict[str, CommandSpec] = {
 
 
 def command_pattern(prefix: str) -> re.Pattern[str]:
-    return re.compile(re.escape(prefix) + r"([A-Za-z][A-Za-z0-9_-]*)(?:\(([^()]*)\))?")
+    """A command starts the text or follows white space (`#!/bin/sh` is not one)."""
+    return re.compile(
+        r"(?<!\S)" + re.escape(prefix) + r"([A-Za-z][A-Za-z0-9_-]*)(?:\(([^()]*)\))?"
+    )
 
 
 def _parse_args(raw: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
@@ -152,10 +155,15 @@ class CommandProcessor:
 
     # --- finding and stripping ------------------------------------------------------
 
-    def _strip(self, message: dict[str, Any], found: list[Command] | None) -> dict[str, Any]:
-        """A copy of `message` with commands removed (collected into `found`)."""
+    def _strip(
+        self, message: dict[str, Any], found: list[Command] | None, known_only: bool = True
+    ) -> dict[str, Any]:
+        """A copy of `message` with commands removed (collected into `found`). With
+        `known_only`, text that merely looks like a command (`!/tmp/x`) stays as it is."""
 
         def repl(match: re.Match[str]) -> str:
+            if known_only and match.group(1).lower() not in COMMANDS:
+                return match.group(0)
             if found is not None:
                 args, positional = _parse_args(match.group(2))
                 found.append(Command(match.group(1).lower(), args, positional, match.group(0)))
@@ -209,7 +217,13 @@ class CommandProcessor:
             if role != "user" or not self._has_command(message):
                 result.append(message)
                 continue
-            stripped = self._strip(message, commands if i == last_user else None)
+            if i == last_user:
+                # Nothing but command-like words: the user typed commands, and an unknown
+                # one gets an answer. With other text, only known commands are taken.
+                only_commands = self._is_empty(self._strip(message, None, known_only=False))
+                stripped = self._strip(message, commands, known_only=not only_commands)
+            else:
+                stripped = self._strip(message, None)
             if self._is_empty(stripped):
                 if i == last_user:
                     command_only = True
@@ -344,6 +358,8 @@ class CommandProcessor:
             raise self._bad(name, "Give the route a name of letters, digits, `-`, `_` or `.`.")
         if value.lower() in self.router.known_backends:
             raise self._bad(name, f"{value!r} is a backend name; pick another route name.")
+        if self.router.is_model_name(value) and value not in self.routes.declared:
+            raise self._bad(name, f"{value!r} is a model name; pick another route name.")
         return value
 
     def _existing(self, name: str, cmd: Command) -> FailoverRoute:

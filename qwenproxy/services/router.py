@@ -157,6 +157,7 @@ class Router:
     ) -> None:
         self.backends = dict(backends)
         self._unlisted = set(unlisted)  # enabled for their errors, but not in /v1/models
+        self._model_names: frozenset[str] | None = None
         self.default_backend = default_backend
         self.default_model = default_model
         self.routes = routes
@@ -222,9 +223,24 @@ class Router:
         return Plan(tuple(targets), route.policy, route.name)
 
     def _route(self, name: str) -> FailoverRoute | None:
+        """Declared routes (the operator's) win; a route created in chat never shadows a
+        model name, so one client cannot redirect another's traffic."""
         if self.routes is None or ":" in name or "/" in name:
             return None
+        declared = self.routes.declared.get(name)
+        if declared is not None or self.is_model_name(name):
+            return declared
         return self.routes.get(name)
+
+    def is_model_name(self, name: str) -> bool:
+        """A model or alias some enabled backend lists, or the default model."""
+        if name == self.default_model:
+            return True
+        if self._model_names is None:
+            self._model_names = frozenset(
+                model for backend in self.backends.values() for model in backend.models()
+            )
+        return name in self._model_names
 
     def unknown_backend_message(self, name: str) -> str:
         enabled = ", ".join(sorted(self.backends)) or "none"

@@ -358,3 +358,38 @@ def test_several_qwen_code_accounts_rotate_and_quota_pauses_one(make_config, fak
     for _ in range(3):
         chat(client, "hi")
     assert all(r["headers"]["authorization"] != paused for r in fake.chat_requests[-3:])
+
+
+def test_a_route_created_in_chat_cannot_take_over_a_model_name(make_config, fake, fake_b):
+    app = create_app(make_config(proxy_api_keys=("alice-key-1", "bob-key-22"),
+                                 dashscope_api_keys=("sk-dash-1",),
+                                 dashscope_base_url=fake_b.api_base))
+    client = app.test_client()
+
+    def as_key(key, text, model="qwen3-coder-plus"):
+        return client.post("/v1/chat/completions", headers={"x-api-key": key},
+                           json={"model": model, "messages": user(text)})
+
+    for name in ("qwen3-coder-plus", "coder-model", "qwen-max"):
+        text = answer(as_key("alice-key-1", f"!/create-failover-route(name={name})"))
+        assert "is a model name" in text
+    assert answer(as_key("bob-key-22", "hi")) == "Hello from fake"
+    assert fake.chat_requests[-1]["body"]["model"] == "coder-model"
+
+
+@pytest.mark.parametrize("text", [
+    "fix this script:\n#!/bin/bash\necho hi",
+    "#!/usr/bin/env python3\nprint(1)",
+    "copy it to !/tmp/out and run",
+])
+def test_text_that_only_looks_like_a_command_reaches_the_model_untouched(client, fake, text):
+    assert answer(chat(client, text)) == "Hello from fake"
+    assert fake.chat_requests[-1]["body"]["messages"] == user(text)
+
+
+def test_shebangs_in_earlier_turns_are_kept(client, fake):
+    history = [{"role": "user", "content": "#!/bin/sh\nls"},
+               {"role": "assistant", "content": "ok"},
+               {"role": "user", "content": "and now?"}]
+    chat(client, history)
+    assert fake.chat_requests[-1]["body"]["messages"][0]["content"] == "#!/bin/sh\nls"
