@@ -134,6 +134,10 @@ def test_ended_free_tier_gets_one_refresh_one_retry_then_names_working_keys(clie
                 "FIREWORKS_API_KEY", "doctor"):
         assert key in error["message"]
     assert fake.refresh_calls == 1 and len(fake.chat_requests) == 2
+    # The account is paused: later requests get the same answer without a refresh or a call.
+    again = chat(client, "qwen3-coder-plus")
+    assert again.status_code == 503 and again.json["error"]["code"] == "qwen_oauth_access_ended"
+    assert fake.refresh_calls == 1 and len(fake.chat_requests) == 2
 
 
 def test_failover_route_skips_an_ended_oauth_account(make_config, fake, fake_b):

@@ -199,7 +199,9 @@ class Backend(Protocol):
 
     def account_order(self, include_paused: bool = False) -> list[int]: ...
 
-    def cool_down(self, account: int, seconds: float) -> None: ...
+    def cool_down(self, account: int, seconds: float, answer: ProxyError | None = None) -> None: ...
+
+    def paused_answer(self, account: int) -> ProxyError | None: ...
 
     def seconds_until_ready(self) -> float: ...
 
@@ -230,6 +232,7 @@ class OpenAICompatibleBackend:
         self._timeout = timeout
         self._clock = clock
         self._cooldown_until = [0.0] * len(self.accounts)
+        self._pause_answers: list[ProxyError | None] = [None] * len(self.accounts)
         self._rotation = itertools.count()
 
     # --- models ---------------------------------------------------------------------
@@ -253,9 +256,19 @@ class OpenAICompatibleBackend:
             if include_paused or self._cooldown_until[i] <= now
         ]
 
-    def cool_down(self, account: int, seconds: float) -> None:
+    def cool_down(self, account: int, seconds: float, answer: ProxyError | None = None) -> None:
+        """Pause `account`; with `answer`, requests that still reach it during the pause
+        get that error without a call upstream (an ended login is not retried each time)."""
         self._cooldown_until[account] = max(self._cooldown_until[account], self._clock() + seconds)
+        self._pause_answers[account] = answer
         log.warning("backend %s account %d paused for %.0f s", self.name, account, seconds)
+
+    def paused_answer(self, account: int) -> ProxyError | None:
+        answer = self._pause_answers[account]
+        if answer is None or self._cooldown_until[account] <= self._clock():
+            return None
+        # A fresh error each time: re-raising one object would grow its traceback.
+        return type(answer)(answer.message, code=answer.code, headers=dict(answer.headers))
 
     def seconds_until_ready(self) -> float:
         return max(0.0, min(self._cooldown_until) - self._clock())

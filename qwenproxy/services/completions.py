@@ -390,6 +390,9 @@ class CompletionService:
             ctx.backend, ctx.upstream_model = target.backend.name, body["model"]
             started = time.perf_counter()
             try:
+                paused = target.backend.paused_answer(account)
+                if paused is not None:
+                    raise paused
                 result = getattr(target.backend, call)(body, account)
             except ProxyError as exc:
                 self._note_failure(target, account, exc)
@@ -423,8 +426,8 @@ class CompletionService:
             retry_after = error.headers.get("Retry-After", "")
             seconds = float(retry_after) if retry_after.isdigit() else QUOTA_COOL_DOWN_S
             target.backend.cool_down(account, seconds)
-        elif error.code == "qwen_oauth_access_ended":
-            target.backend.cool_down(account, ENDED_ACCOUNT_COOL_DOWN_S)
+        elif error.code == "qwen_oauth_access_ended" and not target.backend.paused_answer(account):
+            target.backend.cool_down(account, ENDED_ACCOUNT_COOL_DOWN_S, answer=error)
 
     @staticmethod
     def _served_by(target: Target) -> dict[str, str]:
