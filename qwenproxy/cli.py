@@ -105,7 +105,6 @@ def _token_manager(config: Config, path: Path):
         make_http_session(),
         config.qwen_oauth_url,
         config.qwen_api_base,
-        timeout=(config.upstream_connect_timeout, 30.0),
     )
 
 

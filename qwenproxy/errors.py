@@ -146,4 +146,5 @@ def upstream_error_for_status(
         return RateLimitError(message, headers=headers)
     if 400 <= status < 500:
         return UpstreamStatusError(message, status=status, headers=headers)
-    return UpstreamError(f"upstream failed with HTTP {status}: {message}")
+    retry_after = {k: v for k, v in (headers or {}).items() if k.lower() == "retry-after"}
+    return UpstreamError(f"upstream failed with HTTP {status}: {message}", headers=retry_after)

@@ -81,8 +81,10 @@ def _host_is_local(value: str) -> bool:
         host = host[1 : host.find("]")] if "]" in host else host
     elif host.count(":") == 1:
         host = host.split(":", 1)[0]
-    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost") or (
-        _is_loopback(host)
+    return (
+        host in ("localhost", "127.0.0.1", "::1")
+        or host.endswith(".localhost")
+        or (_is_loopback(host))
     )
 
 

@@ -101,9 +101,7 @@ COMMANDS: dict[str, CommandSpec] = {
 
 def command_pattern(prefix: str) -> re.Pattern[str]:
     """A command starts the text or follows white space (`#!/bin/sh` is not one)."""
-    return re.compile(
-        r"(?<!\S)" + re.escape(prefix) + r"([A-Za-z][A-Za-z0-9_-]*)(?:\(([^()]*)\))?"
-    )
+    return re.compile(r"(?<!\S)" + re.escape(prefix) + r"([A-Za-z][A-Za-z0-9_-]*)(?:\(([^()]*)\))?")
 
 
 def _parse_args(raw: str | None) -> tuple[dict[str, str], tuple[str, ...]]:

@@ -520,7 +520,10 @@ class CompletionService:
                         finished = _has_finish(chunk)
                     if b'"tool_calls"' in data and indexer.fill(chunk):
                         changed = True
-                    out.append(encode_data(orjson.dumps(chunk) if changed else data))
+                    # An event of several `data:` lines holds newlines: re-encode it.
+                    out.append(
+                        encode_data(orjson.dumps(chunk) if changed or b"\n" in data else data)
+                    )
                     if detector is not None and b'"content"' in data:
                         block = detector.feed(_delta_text(chunk))
                         if block is not None:
@@ -544,6 +547,12 @@ class CompletionService:
             ctx.fail(exc)
             completed = True
             yield error_frame(exc)
+        except Exception:  # e.g. a chunk of an unexpected shape: still end the stream cleanly
+            log.exception("stream from %s could not be relayed", name)
+            error = UpstreamError(f"Backend {name} sent a stream the proxy could not relay.")
+            ctx.fail(error)
+            completed = True
+            yield error_frame(error)
         except GeneratorExit:
             if not completed:  # closed before its last frame: the client went away
                 ctx.status, ctx.error_code = 499, "client_disconnected"

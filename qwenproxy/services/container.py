@@ -112,7 +112,6 @@ def build_services(
             http,
             config.qwen_oauth_url,
             config.qwen_api_base,
-            timeout=(config.upstream_connect_timeout, 30.0),
             clock=clock,
             sleep=sleep,
             on_refresh=metrics.token_refresh,

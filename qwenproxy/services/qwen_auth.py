@@ -47,6 +47,9 @@ TOKEN_PATH = "/api/v1/oauth2/token"
 DEVICE_CODE_PATH = "/api/v1/oauth2/device/code"
 DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 REFRESH_MARGIN_S = 30.0
+# A refresh must finish well inside LOCK_STALE_S, or another process would take the lock
+# and spend the same refresh token again.
+REFRESH_TIMEOUT = (3.0, 6.0)
 FILE_CHECK_INTERVAL_S = 5.0
 LOCK_STALE_S = 10.0
 LOCK_TRIES = 20
@@ -129,7 +132,7 @@ class QwenTokenManager:
         http: requests.Session,
         oauth_url: str,
         api_base_fallback: str,
-        timeout: tuple[float, float] = (10.0, 30.0),
+        timeout: tuple[float, float] = REFRESH_TIMEOUT,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_refresh: Callable[[bool], None] | None = None,
@@ -219,8 +222,18 @@ class QwenTokenManager:
                     if self._on_refresh:
                         self._on_refresh(False)
                     raise
-                self.file.write(fresh.raw)
-                self._creds, self._mtime_ns = fresh, self.file.mtime_ns()
+                try:
+                    self.file.write(fresh.raw)
+                except OSError as exc:  # keep serving with the new tokens held in memory
+                    log.warning(
+                        "could not save refreshed Qwen OAuth credentials to %s (%s); "
+                        "keeping them in memory",
+                        self.file.path,
+                        exc.strerror or type(exc).__name__,
+                    )
+                    self._creds, self._checked_at = fresh, float("inf")
+                else:
+                    self._creds, self._mtime_ns = fresh, self.file.mtime_ns()
                 if self._on_refresh:
                     self._on_refresh(True)
                 log.info("refreshed the Qwen OAuth token for %s", self.file.path)
@@ -281,6 +294,7 @@ def post_oauth_form(
             data=form,
             headers={"Accept": "application/json"},
             timeout=timeout,
+            allow_redirects=False,  # never re-post a token to wherever a redirect points
         )
     except requests.Timeout:
         raise UpstreamTimeoutError(f"Qwen OAuth {what} timed out.") from None
@@ -406,7 +420,8 @@ class DeviceFlowLogin:
             old = dict(self._file.read().raw)
         except ProxyError:
             old = {}
-        raw = {**old}
+        # Keep unknown fields of the old file, but nothing that belongs to the old login.
+        raw = {k: v for k, v in old.items() if k not in ("resource_url", "id_token")}
         for key in ("access_token", "refresh_token", "token_type", "resource_url", "id_token"):
             if body.get(key):
                 raw[key] = body[key]

@@ -22,7 +22,7 @@ from qwenproxy.services.store import (
     sessions_table,
 )
 
-MAX_SESSION_HEADER = 128
+MAX_SESSION_HEADER = 100  # with the 12-character key id and "/", ids fit the 128 column
 
 
 def session_id_for(client_id: str, header: str | None) -> str:

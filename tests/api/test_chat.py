@@ -332,3 +332,24 @@ def test_unknown_route_and_wrong_method_are_json(client):
     response = client.get("/v1/chat/completions")
     assert response.status_code == 405
     assert response.json["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("event", [
+    '{"choices": 5}',
+    '{"choices": [{"index": [1], "delta": {"tool_calls": [{"id": "a"}]}}]}',
+])
+def test_a_stream_chunk_of_an_odd_shape_ends_with_an_error_frame(client, fake, event):
+    fake.script.append(reply_stream([chunk({"content": "a"}), event]))
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    assert json.loads(payloads[-1])["error"]["type"] == "upstream_error"
+
+
+def test_multi_line_data_events_are_re_encoded_on_one_line(client, fake):
+    fake.script.append(lambda f, r: (
+        "200 OK", [("Content-Type", "text/event-stream")],
+        [b'data: {"id": "x", "object": "chat.completion.chunk",\ndata:  "choices": '
+         b'[{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n',
+         b"data: [DONE]\n\n"]))
+    payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
+    assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == "hi"
+    assert payloads[-1] == "[DONE]"
