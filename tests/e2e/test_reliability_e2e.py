@@ -56,7 +56,7 @@ def raw_stream_request(port: int, read_bytes: int) -> None:
     """Open a stream, read a little of it, then drop the connection."""
     body = json.dumps({"model": "m", "stream": True, "messages": USER}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                      b"Content-Type: application/json\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
         received = b""
