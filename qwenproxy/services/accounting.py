@@ -3,6 +3,8 @@ log line, all off the request path) and the stream, failover and loop events."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from qwenproxy.services.completions import RequestContext
@@ -52,14 +54,23 @@ def usage_record(ctx: RequestContext) -> UsageRecord:
 class Accounting:
     """Turns finished requests into ledger rows and metrics; never raises into a request."""
 
-    def __init__(self, ledger: Ledger, metrics: MetricsSink) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        metrics: MetricsSink,
+        known_model: Callable[[str], bool] = lambda name: True,
+    ) -> None:
         self.ledger = ledger
         self.metrics = metrics
+        self._known_model = known_model
 
     def finished(self, ctx: RequestContext) -> None:
         rec = usage_record(ctx)
-        self.metrics.observe(rec)
         self.ledger.record(rec)
+        if rec.upstream_model and not self._known_model(rec.upstream_model):
+            # Metric labels stay bounded whatever model names clients send.
+            rec = dataclasses.replace(rec, upstream_model="other", requested_model="other")
+        self.metrics.observe(rec)
         if ctx.attempts > 1:
             for _ in range(ctx.attempts - 1):
                 self.metrics.failover()

@@ -179,7 +179,7 @@ def build_services(
             redact_api_keys=config.redact_api_keys_in_prompts,
         ),
         stream_keepalive=config.stream_keepalive,
-        accounting=Accounting(ledger, metrics),
+        accounting=Accounting(ledger, metrics, known_model=router.is_model_name),
     )
     return Services(
         config=config,

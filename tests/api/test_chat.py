@@ -353,3 +353,11 @@ def test_multi_line_data_events_are_re_encoded_on_one_line(client, fake):
     payloads = sse_payloads(post(client, {"messages": USER, "stream": True}))
     assert json.loads(payloads[0])["choices"][0]["delta"]["content"] == "hi"
     assert payloads[-1] == "[DONE]"
+
+
+def test_metric_labels_stay_bounded_for_made_up_model_names(client, fake):
+    post(client, {"model": "made-up-model-7f3a", "messages": USER})
+    post(client, {"model": "qwen3-coder-plus", "messages": USER})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "made-up-model-7f3a" not in text
+    assert 'model="other"' in text and 'model="coder-model"' in text
