@@ -556,30 +556,17 @@ class AnthropicStream(ChunkTranslator):
         out.append(self._delta(self._text_index, {"type": "text_delta", "text": text}))
         return out
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        position = call.get("index") if isinstance(call.get("index"), int) else 0
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        tool = self._tools.get(position)
-        if tool is None:
-            out.extend(self._close_open())
-            tool = _ToolBlock(self._take_index(), call.get("id") or new_tool_use_id(), "")
-            self._tools[position] = tool
-            self._open_tool = tool
-        elif tool.closed:
-            log.warning("dropping arguments for tool call %d after its block closed", position)
-            return out
-        if not tool.name and isinstance(function.get("name"), str):
-            tool.name = function["name"]
-        piece = tool.arguments.feed(function.get("arguments"))
-        if not tool.started and tool.name:
-            out.extend(self._start_tool(tool))
-        if piece:
-            if tool.started:
-                out.append(self._json_delta(tool, piece))
-            else:
-                tool.pending.append(piece)
-        return out
+    def _tool_at(self, position: int) -> _ToolBlock | None:
+        return self._tools.get(position)
+
+    def _new_tool(self, position: int, call: dict[str, Any]) -> _ToolBlock:
+        tool = _ToolBlock(self._take_index(), call.get("id") or new_tool_use_id(), "")
+        self._tools[position] = tool
+        self._open_tool = tool
+        return tool
+
+    def _tool_piece(self, tool: _ToolBlock, piece: str) -> list[bytes]:
+        return [self._json_delta(tool, piece)]
 
     def _start_tool(self, tool: _ToolBlock) -> list[bytes]:
         if tool.started:

@@ -4,10 +4,13 @@ format: each frame becomes one call on a `StreamTranslator`, whose output is sen
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 DATA_PREFIX = b"data: "
 DONE_DATA = b"[DONE]"
@@ -37,8 +40,45 @@ class ChunkTranslator:
     def _text(self, text: str) -> list[bytes]:
         raise NotImplementedError
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    # A tool call's pieces: each translator keeps its tools by the call's `index` and says
+    # how one is opened, started (once its name is known) and how an arguments piece leaves.
+    def _tool_at(self, position: int) -> Any:
         raise NotImplementedError
+
+    def _close_open(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def _new_tool(self, position: int, call: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _start_tool(self, tool: Any) -> list[bytes]:
+        raise NotImplementedError
+
+    def _tool_piece(self, tool: Any, piece: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        position = call.get("index") if isinstance(call.get("index"), int) else 0
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        tool = self._tool_at(position)
+        if tool is None:
+            out.extend(self._close_open())
+            tool = self._new_tool(position, call)
+        elif tool.closed:
+            log.warning("dropping arguments for tool call %d after it was closed", position)
+            return out
+        if not tool.name and isinstance(function.get("name"), str):
+            tool.name = function["name"]
+        piece = tool.arguments.feed(function.get("arguments"))
+        if not tool.started and tool.name:
+            out.extend(self._start_tool(tool))
+        if piece:
+            if tool.started:
+                out.extend(self._tool_piece(tool, piece))
+            else:
+                tool.pending.append(piece)
+        return out
 
     def _finished(self, choice: dict[str, Any]) -> None:
         self._finish = choice["finish_reason"]

@@ -689,31 +689,21 @@ class ResponsesStream(ChunkTranslator):
         )
         return out
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        position = call.get("index") if isinstance(call.get("index"), int) else 0
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        item = self._calls.get(position)
-        if item is None:
-            out.extend(self._close_open())
-            item = self._new_item("call", new_id("fc"))
-            item.call_id = call.get("id") or new_id("call")
-            self._calls[position] = item
-            self._open_call = item
-        elif item.closed:
-            log.warning("dropping arguments for tool call %d after its item closed", position)
-            return out
-        if not item.name and isinstance(function.get("name"), str):
-            item.name = function["name"]
-        piece = item.arguments.feed(function.get("arguments"))
-        if not item.started and item.name:
-            out.extend(self._start_call(item))
-        if piece:
-            if item.started:
-                out.extend(self._arguments_delta(item, piece))
-            else:
-                item.pending.append(piece)
-        return out
+    def _tool_at(self, position: int) -> _Item | None:
+        return self._calls.get(position)
+
+    def _new_tool(self, position: int, call: dict[str, Any]) -> _Item:
+        item = self._new_item("call", new_id("fc"))
+        item.call_id = call.get("id") or new_id("call")
+        self._calls[position] = item
+        self._open_call = item
+        return item
+
+    def _start_tool(self, item: _Item) -> list[bytes]:
+        return self._start_call(item)
+
+    def _tool_piece(self, item: _Item, piece: str) -> list[bytes]:
+        return self._arguments_delta(item, piece)
 
     def _is_custom(self, item: _Item) -> bool:
         return self.request.tool_of(item.name)[2] == "custom"
