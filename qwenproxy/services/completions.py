@@ -5,10 +5,7 @@ SSE) into what OpenAI clients expect — with one accounting record per request.
 
 from __future__ import annotations
 
-import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +19,15 @@ from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import SessionStore
-from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, SSEEvent, encode_data
+from qwenproxy.services.stream_relay import (
+    ToolCallIndexer,
+    batches_with_keepalive,
+    delta_text,
+    error_frame,
+    has_finish,
+    loop_stop_frames,
+)
+from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, encode_data
 
 log = logging.getLogger(__name__)
 
@@ -101,70 +106,6 @@ class StreamingCompletion:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ToolCallIndexer:
-    """Fills `index` on streamed tool-call deltas for upstreams that omit it."""
-
-    def __init__(self) -> None:
-        self._ids: dict[tuple[int, str], int] = {}
-        self._last: dict[int, int] = {}
-
-    def fill(self, chunk: dict[str, Any]) -> bool:
-        changed = False
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta")
-            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-            if not isinstance(calls, list):
-                continue
-            slot = choice.get("index", 0)
-            for call in calls:
-                if not isinstance(call, dict):
-                    continue
-                if isinstance(call.get("index"), int):
-                    self._last[slot] = call["index"]
-                    if call.get("id"):
-                        self._ids[(slot, call["id"])] = call["index"]
-                    continue
-                call_id = call.get("id")
-                if call_id and (slot, call_id) in self._ids:
-                    index = self._ids[(slot, call_id)]
-                elif call_id or slot not in self._last:
-                    index = self._last.get(slot, -1) + 1
-                    if call_id:
-                        self._ids[(slot, call_id)] = index
-                else:
-                    index = self._last[slot]
-                call["index"] = index
-                self._last[slot] = index
-                changed = True
-        return changed
-
-
-def _has_finish(chunk: dict[str, Any]) -> bool:
-    return any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
-
-
-def _loop_stop_frames(last: dict[str, Any], block: str) -> Iterator[bytes]:
-    """A closing notice, a `finish_reason: stop` chunk and [DONE], shaped like `last`."""
-    base = {key: last[key] for key in ("id", "object", "created", "model") if key in last}
-    notice = (
-        "\n\n[qwenproxy] Response stopped: the model kept repeating itself "
-        f'("{shorten_snippet(block)}").'
-    )
-    for delta, finish in (({"content": notice}, None), ({}, "stop")):
-        yield encode_data(
-            orjson.dumps(
-                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            )
-        )
-    yield DONE_FRAME
-
-
-def error_frame(error: ProxyError) -> bytes:
-    return encode_data(orjson.dumps(error.to_body()))
-
-
 @dataclass(frozen=True)
 class GuardSettings:
     """Guard defaults from configuration; sessions may switch each toggle."""
@@ -185,15 +126,6 @@ class GuardSettings:
         )
 
 
-def _delta_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices")
-    if not choices:
-        return ""
-    delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else ""
-
-
 def _message_text(body: dict[str, Any]) -> str:
     choices = body.get("choices")
     if not choices or not isinstance(choices[0], dict):
@@ -205,80 +137,6 @@ def _message_text(body: dict[str, Any]) -> str:
 
 def _can_fail_over(error: ProxyError) -> bool:
     return error.status == 429 or error.status >= 500
-
-
-_END = object()
-
-
-@functools.cache
-def _under_gevent() -> bool:
-    """True in a gunicorn gevent worker (threading is monkey-patched there)."""
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("threading"))
-
-
-def batches_with_keepalive(
-    upstream: UpstreamStream, interval: float | None
-) -> Iterator[list[SSEEvent] | None]:
-    """The upstream's events, a list per network read; `None` whenever the upstream was
-    silent for `interval` seconds.
-
-    A reader (a bare greenlet under gevent, a thread otherwise) pulls the upstream so the
-    client side can wake up for keep-alives; a small queue keeps back-pressure.
-    """
-    if not interval:
-        yield from upstream.batches()
-        return
-    if _under_gevent():
-        import gevent
-        import gevent.queue
-
-        items: Any = gevent.queue.Queue(maxsize=16)
-    else:
-        items = queue.Queue(maxsize=16)
-    closed = [False]
-
-    def pump() -> None:
-        try:
-            for batch in upstream.batches():
-                while not closed[0]:
-                    try:
-                        items.put(batch, timeout=1.0)
-                        break
-                    except queue.Full:
-                        continue
-                if closed[0]:
-                    return
-            items.put(_END)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            if not closed[0]:
-                items.put(exc)
-
-    if _under_gevent():
-        gevent.spawn(pump)
-    else:
-        threading.Thread(target=pump, name="upstream-reader", daemon=True).start()
-    try:
-        while True:
-            try:
-                item = items.get(timeout=interval)
-            except queue.Empty:
-                yield None
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        closed[0] = True
-        upstream.close()
-        while True:  # unblock the reader if it waits to hand over a batch
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                break
 
 
 class CompletionService:
@@ -517,7 +375,7 @@ class CompletionService:
                             del chunk["usage"]
                             changed = True
                     if not finished:
-                        finished = _has_finish(chunk)
+                        finished = has_finish(chunk)
                     if b'"tool_calls"' in data and indexer.fill(chunk):
                         changed = True
                     # An event of several `data:` lines holds newlines: re-encode it.
@@ -525,12 +383,12 @@ class CompletionService:
                         encode_data(orjson.dumps(chunk) if changed or b"\n" in data else data)
                     )
                     if detector is not None and b'"content"' in data:
-                        block = detector.feed(_delta_text(chunk))
+                        block = detector.feed(delta_text(chunk))
                         if block is not None:
                             upstream.close()  # stop paying for the loop at once
                             ctx.loop_detected = True
                             log.warning("stopped a looping stream from %s", name)
-                            out.extend(_loop_stop_frames(chunk, block))
+                            out.extend(loop_stop_frames(chunk, block))
                             last = True
                             break
                 completed = last
