@@ -1,5 +1,4 @@
 """Upstream backends behind one interface: `complete`, `stream`, `models`.
-
 `OpenAICompatibleBackend` speaks the OpenAI chat-completions wire format to any base URL
 with some credentials; `QwenOAuthBackend` is that plus qwen-code's tokens and headers.
 Upstream URLs come from configuration only, never from a request.

@@ -1,6 +1,5 @@
 """Service objects of one app, built from a `Config` by `build_services`: the backends
 that have credentials, the router, sessions, commands and the chat pipeline.
-
 Each service receives its collaborators (HTTP session, clock, database) as arguments, so
 tests can build them with fakes.
 """

@@ -1,6 +1,5 @@
 """Backend presets and model catalogues: base URLs, model lists and per-backend alias
 tables (the name a client sends -> the name the upstream receives).
-
 Defaults reflect what each upstream accepts as of late 2026; operators override or extend
 the aliases with MODEL_ALIASES and the base URLs with <PRESET>_BASE_URL.
 """

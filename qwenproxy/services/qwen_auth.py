@@ -1,6 +1,5 @@
 """qwen-code OAuth credentials: the creds file, the cross-process refresh lock, token
 refresh (single-flight within a process and across processes) and device-flow login.
-
 Compatible with the qwen-code CLI sharing the same file: same lock file, same atomic
 write, same field names. The creds file is never deleted or truncated.
 """

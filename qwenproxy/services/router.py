@@ -1,10 +1,7 @@
-"""Model names to upstream attempts: `backend:model`, `backend/model`, a bare model, or the
-name of a failover route; plus the failover routes themselves (declared or stored).
-
-Split at the first `:` or `/`. Before `/` an unknown word is part of the model id
-(`qwen/qwen3-coder` on OpenRouter); before `:` it must be a backend, else 404 (write
-`backend:vendor:model` for ids that contain `:`).
-"""
+"""Model names to upstream attempts (`backend:model`, `backend/model`, a bare model, a
+failover route name) and the failover routes themselves. Split at the first `:` or `/`:
+before `/` an unknown word is part of the id (`qwen/qwen3-coder`); before `:` it must be
+a backend, else 404 (write `backend:vendor:model` for ids that contain `:`)."""
 
 from __future__ import annotations
 

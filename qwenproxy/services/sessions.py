@@ -1,6 +1,5 @@
 """Per-client session state (model/backend overrides, one-off, guard toggles), kept in the
 shared database so every worker and restart sees it. Idle sessions expire.
-
 A session is named by `X-Session-ID`, scoped to the client's key id, so two clients never
 share one; without the header, each key (or the loopback user) has one session.
 """
