@@ -221,3 +221,27 @@ def test_qwen_oauth_creds_comma_list_and_home_expansion(fake_home: Path, tmp_pat
 def test_qwen_oauth_creds_needs_at_least_one_path(raw: str) -> None:
     with pytest.raises(ConfigError, match="QWEN_OAUTH_CREDS"):
         Config.from_env(environ={"QWEN_OAUTH_CREDS": raw}, dotenv_path=None)
+
+
+def test_custom_backends_come_from_env_and_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("BACKEND_MY_VLLM_BASE_URL=http://127.0.0.1:8001/v1\n"
+                      "BACKEND_MY_VLLM_MODELS=a, b\nLLM_BACKEND=my-vllm\n")
+    config = Config.from_env(
+        environ={"BACKEND_ACME_BASE_URL": "https://acme.test/v1", "BACKEND_ACME_API_KEY": "k1,k2"},
+        dotenv_path=dotenv,
+    )
+    by_name = {b.name: b for b in config.custom_backends}
+    assert by_name["my-vllm"].models == ("a", "b") and by_name["my-vllm"].api_keys == ()
+    assert by_name["acme"].api_keys == ("k1", "k2")
+    assert config.llm_backend == "my-vllm"
+    assert config.sources["BACKEND_ACME_BASE_URL"] == "env"
+    assert config.sources["BACKEND_MY_VLLM_BASE_URL"] == ".env"
+    assert "k1" not in repr(config)
+
+
+def test_a_custom_backend_may_not_take_a_builtin_name():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={"BACKEND_DASHSCOPE_BASE_URL": "https://x.test/v1"},
+                        dotenv_path=None)
+    assert "BACKEND_DASHSCOPE_BASE_URL" in str(caught.value)
