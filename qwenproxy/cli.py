@@ -66,8 +66,11 @@ def banner(config: Config) -> str:
         f"  default backend: {default}, default model: {config.default_model}",
         f"  enabled backends: {', '.join(enabled) or 'none'}",
     ]
-    for path in config.qwen_oauth_creds:
-        lines.append(f"  qwen-oauth credentials: {_creds_line(path)}")
+    if logged_in or not key_backends:
+        for path in config.qwen_oauth_creds:
+            lines.append(f"  qwen-oauth credentials: {_creds_line(path)}")
+    else:
+        lines.append("  qwen-oauth: no qwen-code login (optional; `python -m qwenproxy auth login`)")
     if config.client_auth_enabled:
         lines.append(f"  client auth: on ({len(config.proxy_api_keys)} key(s) in PROXY_API_KEY)")
     else:
