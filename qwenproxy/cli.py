@@ -70,7 +70,7 @@ def banner(config: Config) -> str:
         for path in config.qwen_oauth_creds:
             lines.append(f"  qwen-oauth credentials: {_creds_line(path)}")
     else:
-        lines.append("  qwen-oauth: no qwen-code login (optional; `python -m qwenproxy auth login`)")
+        lines.append("  qwen-oauth: not logged in (optional: `python -m qwenproxy auth login`)")
     if config.client_auth_enabled:
         lines.append(f"  client auth: on ({len(config.proxy_api_keys)} key(s) in PROXY_API_KEY)")
     else:
