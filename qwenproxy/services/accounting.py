@@ -23,18 +23,29 @@ class MetricsSink(Protocol):
     def loop_detected(self) -> None: ...
 
 
+MAX_LABEL = 200
+
+
+def _bounded(text: str | None) -> str | None:
+    """Client-chosen text as the ledger keeps it: bounded, and without NUL (PostgreSQL
+    refuses it, and one bad row must not sink the batch it is written with)."""
+    if not text:
+        return text
+    return text[:MAX_LABEL].replace("\x00", "")
+
+
 def usage_record(ctx: RequestContext) -> UsageRecord:
     finished = ctx.finished_at or ctx.started
     rec = UsageRecord(
         started_at=ctx.started_at,
-        session_id=ctx.session_id,
+        session_id=_bounded(ctx.session_id),
         client_key_id=ctx.client_id,
         backend=ctx.backend or "",
-        upstream_model=ctx.upstream_model or "",
-        requested_model=ctx.requested_model or "",
+        upstream_model=_bounded(ctx.upstream_model) or "",
+        requested_model=_bounded(ctx.requested_model) or "",
         stream=ctx.stream,
         status=ctx.status,
-        error_code=ctx.error_code,
+        error_code=_bounded(ctx.error_code),
         latency_ms=(finished - ctx.started) * 1000,
         ttft_ms=ctx.ttft_ms,
         upstream_latency_ms=ctx.upstream_latency_ms,

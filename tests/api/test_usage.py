@@ -270,3 +270,4 @@ def test_dashboard_rejects_a_bad_period(client):
     response = client.get("/dashboard?since=forever")
     assert response.status_code == 400
     assert response.json["error"]["param"] == "since"
+
