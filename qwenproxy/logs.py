@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable, Iterable
 
 REDACTED = "[REDACTED]"
@@ -42,6 +43,22 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record (a stream captured at
+    start-up may be closed later, e.g. by a test runner or a daemonising wrapper)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - the file object logging writes to
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - logging assigns it; sys.stderr wins
+        pass
+
+
 LOGGERS_TO_GUARD = ("", "gunicorn.error", "gunicorn.access", "werkzeug")
 
 
@@ -53,13 +70,13 @@ def configure_logging(
     package = logging.getLogger("qwenproxy")
     package.setLevel(level)
     if not package.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
         package.propagate = False
     requests_log = logging.getLogger("qwenproxy.requests")
     if log_format == "json" and not requests_log.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         requests_log.addHandler(handler)
         requests_log.propagate = False

@@ -18,7 +18,7 @@ from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.router import Plan, Router, Target
-from qwenproxy.services.sessions import SessionStore
+from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import (
     ToolCallIndexer,
     batches_with_keepalive,
@@ -199,8 +199,16 @@ class CompletionService:
             if outcome.immediate_oneoff and not extraction.command_only:
                 model_now, new_state = outcome.immediate_oneoff, new_state.changed(oneoff=None)
             if new_state != state:
-                session = self.sessions.save(session, new_state) or self.sessions.load(session.id)
-                state = session.state
+                saved = self._save_changes(session, state, new_state)
+                if saved is None:
+                    ctx.command_only = True
+                    return self.local_reply(
+                        body,
+                        "Other requests changed this session at the same moment; nothing was "
+                        "changed. Send the command again.",
+                        ctx,
+                    )
+                session, state = saved, saved.state
             if extraction.command_only:
                 ctx.command_only = True
                 return self.local_reply(body, "\n".join(outcome.lines), ctx)
@@ -235,6 +243,23 @@ class CompletionService:
         if ctx.redactions:
             result.headers["X-Qwenproxy-Redactions"] = str(ctx.redactions)
         return result
+
+    def _save_changes(
+        self, session: LoadedSession, before: SessionState, after: SessionState
+    ) -> LoadedSession | None:
+        """Store what the commands changed. When another request changed the session in the
+        meantime, apply the same changes to its newer state (a few times at most)."""
+        changes = {
+            name: getattr(after, name)
+            for name in SessionState.__dataclass_fields__
+            if getattr(after, name) != getattr(before, name)
+        }
+        for _ in range(5):
+            saved = self.sessions.save(session, session.state.changed(**changes))
+            if saved is not None:
+                return saved
+            session = self.sessions.load(session.id)
+        return None
 
     # --- attempts with failover -----------------------------------------------------------
 

@@ -393,3 +393,28 @@ def test_shebangs_in_earlier_turns_are_kept(client, fake):
                {"role": "user", "content": "and now?"}]
     chat(client, history)
     assert fake.chat_requests[-1]["body"]["messages"][0]["content"] == "#!/bin/sh\nls"
+
+
+def test_a_command_racing_another_change_to_the_session_keeps_both(make_config, fake, fake_b):
+    from qwenproxy.services.container import build_services
+    from qwenproxy.services.sessions import SessionStore
+
+    class RacingSessions(SessionStore):
+        """Another request changes the session just before this one saves, once."""
+
+        raced = False
+
+        def save(self, loaded, state):
+            if not self.raced:
+                self.raced = True
+                other = self.load(loaded.id)
+                super().save(other, other.state.changed(loop_detection=False))
+            return super().save(loaded, state)
+
+    config = make_config(dashscope_api_keys=("sk-dash-1",), dashscope_base_url=fake_b.api_base)
+    services = build_services(config)
+    services.completions.sessions = RacingSessions(services.db, config.session_ttl)
+    client = create_app(config, services).test_client()
+    assert "backend set to dashscope" in answer(chat(client, "!/set(backend=dashscope)"))
+    hello = answer(chat(client, "!/hello"))
+    assert "backend dashscope" in hello and "loop-detection=off" in hello
