@@ -15,12 +15,12 @@ from qwenproxy.api.errors import proxy_error_for
 from qwenproxy.errors import ProxyError
 from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.anthropic_format import (
-    AnthropicStream,
     error_body_for,
     estimate_input_tokens,
     to_chat_request,
     to_message,
 )
+from qwenproxy.services.anthropic_stream import AnthropicStream
 from qwenproxy.services.pipeline_frames import translate_frames
 
 log = logging.getLogger(__name__)

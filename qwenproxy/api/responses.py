@@ -8,7 +8,8 @@ from flask import Blueprint, Response, request
 from qwenproxy.api.context import pipeline_response, request_context, require_client, services
 from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.pipeline_frames import translate_frames
-from qwenproxy.services.responses_format import ResponsesStream, to_chat_request, to_response
+from qwenproxy.services.responses_format import to_chat_request, to_response
+from qwenproxy.services.responses_stream import ResponsesStream
 
 bp = Blueprint("responses", __name__)
 bp.before_request(require_client)

@@ -1,7 +1,6 @@
 """The OpenAI Responses API at the edge, stateless: a `POST /v1/responses` body as a
-chat-completions body for the pipeline, and the pipeline's answer (JSON, or a stream fed
-chunk by chunk to `ResponsesStream`) as a `response` object or the Responses events.
-"""
+chat-completions body for the pipeline, and the pipeline's JSON answer as a `response`
+object (streams: responses_stream.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.pipeline_frames import ChunkTranslator
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -479,21 +477,21 @@ def response_object(
     }
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     return {
         "type": "message",
         "id": item_id,
         "status": status,
         "role": "assistant",
-        "content": [_text_part(text)],
+        "content": [text_part(text)],
     }
 
 
-def _text_part(text: str) -> dict[str, Any]:
+def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _call_item(
+def call_item(
     request: ResponsesRequest,
     item_id: str,
     call_id: str,
@@ -548,7 +546,7 @@ def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[s
     output: list[dict[str, Any]] = []
     text = _message_text(message.get("content"))
     if text:
-        output.append(_message_item(new_id("msg"), text, item_status))
+        output.append(message_item(new_id("msg"), text, item_status))
     for call in message.get("tool_calls") or ():
         if not isinstance(call, dict):
             continue
@@ -557,7 +555,7 @@ def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[s
         arguments.feed(function.get("arguments"))
         arguments.close()
         output.append(
-            _call_item(
+            call_item(
                 request,
                 new_id("fc"),
                 call.get("id") or new_id("call"),
@@ -575,265 +573,3 @@ def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[s
         usage_of(completion.get("usage")),
         reason,
     )
-
-
-# --- the stream -----------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    output_index: int
-    id: str
-    kind: str  # "message" or "call"
-    text: str = ""
-    call_id: str = ""
-    name: str = ""
-    arguments: ArgumentStream = field(default_factory=ArgumentStream)
-    started: bool = False
-    pending: list[str] = field(default_factory=list)
-    closed: bool = False
-
-
-class ResponsesStream(ChunkTranslator):
-    """A chat-completions stream, chunk by chunk, as Responses events (each with its
-    `sequence_number`): response.created, response.in_progress; per message item
-    output_item.added, content_part.added, output_text.delta…, output_text.done,
-    content_part.done, output_item.done; per function call output_item.added,
-    function_call_arguments.delta…, .done, output_item.done; then response.completed
-    (or response.incomplete) with the whole response and its usage. A failure mid-way
-    ends it with response.failed."""
-
-    def __init__(self, request: ResponsesRequest) -> None:
-        self.request = request
-        self.id = new_id("resp")
-        self.created_at = int(time.time())
-        self._sequence = 0
-        self._items: list[_Item] = []
-        self._message: _Item | None = None  # the open message item
-        self._open_call: _Item | None = None
-        self._calls: dict[int, _Item] = {}  # by the upstream's tool-call index
-        self._finish: Any = None
-        self._usage: Any = None
-
-    # --- StreamTranslator -------------------------------------------------------------
-
-    def start(self) -> list[bytes]:
-        response = self._response("in_progress", [])
-        return [
-            self._event("response.created", response=response),
-            self._event("response.in_progress", response=response),
-        ]
-
-    def ping(self) -> list[bytes]:
-        return [b": ping\n\n"]
-
-    def done(self) -> list[bytes]:
-        out = self._close_open()
-        for item in self._calls.values():
-            if not item.closed:
-                out.extend(self._start_call(item))
-                out.extend(self._close_call(item))
-        reason = INCOMPLETE_REASONS.get(str(self._finish))
-        response = self._response(
-            "incomplete" if reason else "completed",
-            self._final_items(),
-            usage_of(self._usage),
-            reason,
-        )
-        name = "response.incomplete" if reason else "response.completed"
-        out.append(self._event(name, response=response))
-        return out
-
-    def error(self, error: dict[str, Any]) -> list[bytes]:
-        details = {
-            "code": str(error.get("code") or error.get("type") or "server_error"),
-            "message": str(error.get("message") or "The upstream failed."),
-        }
-        response = self._response("failed", self._final_items(), error=details)
-        return [self._event("response.failed", response=response)]
-
-    # --- items ------------------------------------------------------------------------
-
-    def _text(self, text: str) -> list[bytes]:
-        out: list[bytes] = []
-        item = self._message
-        if item is None:
-            out.extend(self._close_open())
-            item = self._message = self._new_item("message", new_id("msg"))
-            out.append(
-                self._event(
-                    "response.output_item.added",
-                    output_index=item.output_index,
-                    item={**_message_item(item.id, "", "in_progress"), "content": []},
-                )
-            )
-            out.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    content_index=0,
-                    part=_text_part(""),
-                )
-            )
-        item.text += text
-        out.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=item.id,
-                output_index=item.output_index,
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
-        )
-        return out
-
-    def _tool_at(self, position: int) -> _Item | None:
-        return self._calls.get(position)
-
-    def _new_tool(self, position: int, call: dict[str, Any]) -> _Item:
-        item = self._new_item("call", new_id("fc"))
-        item.call_id = call.get("id") or new_id("call")
-        self._calls[position] = item
-        self._open_call = item
-        return item
-
-    def _start_tool(self, item: _Item) -> list[bytes]:
-        return self._start_call(item)
-
-    def _tool_piece(self, item: _Item, piece: str) -> list[bytes]:
-        return self._arguments_delta(item, piece)
-
-    def _is_custom(self, item: _Item) -> bool:
-        return self.request.tool_of(item.name)[2] == "custom"
-
-    def _start_call(self, item: _Item) -> list[bytes]:
-        if item.started:
-            return []
-        item.started = True
-        added = _call_item(self.request, item.id, item.call_id, item.name, "", "in_progress")
-        out = [
-            self._event("response.output_item.added", output_index=item.output_index, item=added)
-        ]
-        for piece in item.pending:
-            out.extend(self._arguments_delta(item, piece))
-        item.pending.clear()
-        return out
-
-    def _arguments_delta(self, item: _Item, piece: str) -> list[bytes]:
-        if self._is_custom(item):  # its `input` is only known once the JSON is whole
-            return []
-        return [
-            self._event(
-                "response.function_call_arguments.delta",
-                item_id=item.id,
-                output_index=item.output_index,
-                delta=piece,
-            )
-        ]
-
-    def _close_call(self, item: _Item) -> list[bytes]:
-        out: list[bytes] = []
-        closing = item.arguments.close()
-        if closing:
-            out.extend(self._arguments_delta(item, closing))
-        done = self._call_done_item(item)
-        if done["type"] == "custom_tool_call":
-            out.append(
-                self._event(
-                    "response.custom_tool_call_input.done",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    input=done["input"],
-                )
-            )
-        else:
-            out.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    name=done["name"],
-                    arguments=item.arguments.text,
-                )
-            )
-        out.append(
-            self._event("response.output_item.done", output_index=item.output_index, item=done)
-        )
-        item.closed = True
-        return out
-
-    def _close_message(self, item: _Item) -> list[bytes]:
-        item.closed = True
-        common = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
-        return [
-            self._event("response.output_text.done", **common, text=item.text, logprobs=[]),
-            self._event("response.content_part.done", **common, part=_text_part(item.text)),
-            self._event(
-                "response.output_item.done",
-                output_index=item.output_index,
-                item=_message_item(item.id, item.text, "completed"),
-            ),
-        ]
-
-    def _close_open(self) -> list[bytes]:
-        out: list[bytes] = []
-        if self._message is not None:
-            out.extend(self._close_message(self._message))
-            self._message = None
-        item, self._open_call = self._open_call, None
-        if item is not None and not item.closed:
-            out.extend(self._start_call(item))
-            out.extend(self._close_call(item))
-        return out
-
-    def _call_done_item(self, item: _Item) -> dict[str, Any]:
-        return _call_item(
-            self.request, item.id, item.call_id, item.name, item.arguments.text, "completed"
-        )
-
-    def _new_item(self, kind: str, item_id: str) -> _Item:
-        item = _Item(len(self._items), item_id, kind)
-        self._items.append(item)
-        return item
-
-    def _final_items(self) -> list[dict[str, Any]]:
-        output = []
-        for item in self._items:
-            status = "completed" if item.closed else "incomplete"
-            if item.kind == "message":
-                output.append(_message_item(item.id, item.text, status))
-            else:
-                output.append(
-                    _call_item(
-                        self.request, item.id, item.call_id, item.name, item.arguments.text, status
-                    )
-                )
-        return output
-
-    # --- framing ----------------------------------------------------------------------
-
-    def _response(
-        self,
-        status: str,
-        output: list[dict[str, Any]],
-        usage: dict[str, Any] | None = None,
-        incomplete_reason: str | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return response_object(
-            self.request,
-            self.id,
-            self.created_at,
-            status,
-            output,
-            usage,
-            incomplete_reason,
-            error,
-        )
-
-    def _event(self, event_type: str, **fields: Any) -> bytes:
-        payload = {"type": event_type, "sequence_number": self._sequence, **fields}
-        self._sequence += 1
-        return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"

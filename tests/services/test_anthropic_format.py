@@ -9,12 +9,12 @@ import pytest
 from qwenproxy.errors import InvalidRequestError, RateLimitError, ServiceUnavailableError
 from qwenproxy.services.anthropic_format import (
     AnthropicRequest,
-    AnthropicStream,
     error_body_for,
     estimate_input_tokens,
     to_chat_request,
     to_message,
 )
+from qwenproxy.services.anthropic_stream import AnthropicStream
 from tests.fake_upstream import USAGE_CHUNK, chunk, completion
 
 

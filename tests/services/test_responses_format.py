@@ -8,11 +8,11 @@ import pytest
 
 from qwenproxy.errors import InvalidRequestError
 from qwenproxy.services.responses_format import (
-    ResponsesStream,
     flat_tool_name,
     to_chat_request,
     to_response,
 )
+from qwenproxy.services.responses_stream import ResponsesStream
 from tests.fake_upstream import USAGE_CHUNK, chunk, completion
 
 CODEX_TOOLS = [
