@@ -10,7 +10,7 @@ import orjson
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from qwenproxy.api.context import pipeline_response, request_context, require_client, services
+from qwenproxy.api.context import require_client, translated_door
 from qwenproxy.api.errors import proxy_error_for
 from qwenproxy.errors import ProxyError
 from qwenproxy.schemas import parse_json_object
@@ -21,7 +21,6 @@ from qwenproxy.services.anthropic_format import (
     to_message,
 )
 from qwenproxy.services.anthropic_stream import AnthropicStream
-from qwenproxy.services.pipeline_frames import translate_frames
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +38,7 @@ def hello() -> Response:
 
 @bp.post("/v1/messages")
 def messages() -> Response:
-    translated = to_chat_request(
-        parse_json_object(request.get_data(cache=False)),
-        services().config.anthropic_model_map,
-    )
-    result = services().completions.handle(
-        translated.chat, request_context(requested_model=translated.model)
-    )
-    return pipeline_response(
-        result,
-        lambda frames: translate_frames(frames, AnthropicStream(translated)),
-        lambda body: to_message(body, translated),
-    )
+    return translated_door(to_chat_request, AnthropicStream, to_message)
 
 
 @bp.post("/v1/messages/count_tokens")

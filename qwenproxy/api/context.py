@@ -10,8 +10,10 @@ import orjson
 from flask import Response, current_app, g, request, stream_with_context
 from werkzeug.datastructures import Headers
 
+from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.completions import Completion, RequestContext, StreamingCompletion
 from qwenproxy.services.container import Services
+from qwenproxy.services.pipeline_frames import StreamTranslator, translate_frames
 from qwenproxy.services.sessions import session_id_for
 
 
@@ -41,6 +43,26 @@ def pipeline_response(
         )
     return Response(
         orjson.dumps(answer(result.body)), mimetype="application/json", headers=result.headers
+    )
+
+
+def translated_door(
+    to_chat: Callable[[dict[str, Any], Any], Any],
+    stream_translator: Callable[[Any], StreamTranslator],
+    to_answer: Callable[[dict[str, Any], Any], dict[str, Any]],
+) -> Response:
+    """A front door that speaks another API: translate the body into a chat request, run
+    the pipeline, and translate its answer (or its stream) back."""
+    translated = to_chat(
+        parse_json_object(request.get_data(cache=False)), services().config.anthropic_model_map
+    )
+    result = services().completions.handle(
+        translated.chat, request_context(requested_model=translated.model)
+    )
+    return pipeline_response(
+        result,
+        lambda frames: translate_frames(frames, stream_translator(translated)),
+        lambda body: to_answer(body, translated),
     )
 
 

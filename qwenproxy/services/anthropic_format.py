@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError, ProxyError
+from qwenproxy.services.pipeline_frames import first_choice, message_text
 from qwenproxy.services.tool_arguments import parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -400,23 +401,11 @@ def stop_reason_of(
     return reason, None
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[str, Any]:
     """A chat.completion as an Anthropic Message."""
-    choices = completion.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice, message = first_choice(completion)
     content: list[dict[str, Any]] = []
-    text = _message_text(message.get("content"))
+    text = message_text(message.get("content"))
     if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():

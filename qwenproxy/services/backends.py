@@ -151,10 +151,6 @@ class UpstreamStream:
         self._response = response
         self._backend = backend
 
-    def __iter__(self) -> Iterator[SSEEvent]:
-        for batch in self.batches():
-            yield from batch
-
     def batches(self) -> Iterator[list[SSEEvent]]:
         """The events of each network read, together (so they can leave in one write)."""
         decoder = SSEDecoder()

@@ -30,6 +30,25 @@ class StreamTranslator(Protocol):
     def error(self, error: dict[str, Any]) -> list[bytes]: ...
 
 
+def first_choice(completion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(choice, message) of a chat.completion's first choice; empty dicts when absent."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    return choice, message
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's content: a string, or its `text` parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
 class ChunkTranslator:
     """The part every translator shares: walk a chat chunk's first choice and hand its
     text and tool-call pieces to `_text` / `_tool_call`; note usage and the finish."""

@@ -244,8 +244,9 @@ class QwenTokenManager:
             "refresh_token": creds.refresh_token,
             "client_id": QWEN_OAUTH_CLIENT_ID,
         }
-        answer = self._post_form(form, "token refresh")
-        status, body = answer
+        status, body = post_oauth_form(
+            self._http, self._token_url, form, self._timeout, "token refresh"
+        )
         if status == 429:
             raise RateLimitError(
                 "Qwen is rate-limiting token refreshes; try again in a minute.",
@@ -274,9 +275,6 @@ class QwenTokenManager:
             expires_in = 3600.0
         raw["expiry_date"] = int((self._clock() + expires_in) * 1000)
         return QwenCredentials(raw)
-
-    def _post_form(self, form: dict[str, str], what: str) -> tuple[int, Any]:
-        return post_oauth_form(self._http, self._token_url, form, self._timeout, what)
 
 
 def post_oauth_form(

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.pipeline_frames import first_choice, message_text
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -526,25 +527,13 @@ def call_item(
     return item
 
 
-def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[str, Any]:
     """A chat.completion as a `response` object."""
-    choices = completion.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    choice, message = first_choice(completion)
     reason = INCOMPLETE_REASONS.get(str(choice.get("finish_reason")))
     item_status = "incomplete" if reason else "completed"
     output: list[dict[str, Any]] = []
-    text = _message_text(message.get("content"))
+    text = message_text(message.get("content"))
     if text:
         output.append(message_item(new_id("msg"), text, item_status))
     for call in message.get("tool_calls") or ():
