@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import orjson
 import requests
 from requests.structures import CaseInsensitiveDict
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import ReadTimeoutError  # how requests' own adapter reports one
 
 from qwenproxy.errors import (
     OAuthAccessEndedError,
@@ -151,18 +151,30 @@ class UpstreamStream:
         self._response = response
         self._backend = backend
 
-    def batches(self) -> Iterator[list[SSEEvent]]:
-        """The events of each network read, together (so they can leave in one write)."""
+    def batches(self, keepalive: float | None = None) -> Iterator[list[SSEEvent] | None]:
+        """The events of each network read, together (so they can leave in one write);
+        `None` each time the upstream stayed silent for `keepalive` seconds."""
         decoder = SSEDecoder()
+        read_chunk = getattr(self._response.raw, "read_chunk", None)
         try:
-            for chunk in self._response.iter_content(chunk_size=None):
-                events = decoder.feed(chunk)
-                if events:
-                    yield events
+            if read_chunk is None:  # another transport: plain reads, no keep-alive waits
+                for chunk in self._response.iter_content(chunk_size=None):
+                    events = decoder.feed(chunk)
+                    if events:
+                        yield events
+            else:
+                while True:
+                    chunk = read_chunk(keepalive)
+                    if chunk is None:
+                        yield None
+                        continue
+                    if not chunk:
+                        break
+                    events = decoder.feed(chunk)
+                    if events:
+                        yield events
         except requests.RequestException as exc:
-            if isinstance(exc, requests.Timeout) or (
-                exc.args and isinstance(exc.args[0], ReadTimeoutError)
-            ):
+            if _is_timeout(exc):
                 raise UpstreamTimeoutError(
                     f"Backend {self._backend} stopped sending mid-stream (read timeout)."
                 ) from None
@@ -337,9 +349,7 @@ class OpenAICompatibleBackend:
             raise error
 
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
-        if isinstance(exc, requests.Timeout) or (
-            exc.args and isinstance(exc.args[0], ReadTimeoutError)
-        ):
+        if _is_timeout(exc):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
         return UpstreamError(f"Could not reach backend {self.name}.")
 
@@ -376,6 +386,12 @@ def parse_upstream_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise UpstreamError(f"{what} unexpected JSON.")
     return parsed
+
+
+def _is_timeout(exc: requests.RequestException) -> bool:
+    return isinstance(exc, requests.Timeout) or bool(
+        exc.args and isinstance(exc.args[0], ReadTimeoutError)
+    )
 
 
 def _is_quota_exhausted(message: str, code: str | None) -> bool:

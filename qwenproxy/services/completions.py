@@ -21,7 +21,6 @@ from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import (
     ToolCallIndexer,
-    batches_with_keepalive,
     delta_text,
     error_frame,
     has_finish,
@@ -366,7 +365,7 @@ class CompletionService:
         if self.accounting is not None:
             self.accounting.stream_opened()
         try:
-            for batch in batches_with_keepalive(upstream, self.stream_keepalive):
+            for batch in upstream.batches(self.stream_keepalive):
                 if batch is None:
                     yield KEEPALIVE_FRAME
                     continue

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
@@ -39,15 +38,17 @@ from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.store import Database, default_database_url
+from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
 
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
 
 
 def make_http_session() -> requests.Session:
-    """The one `requests.Session` of a process: pooled, no automatic retries."""
+    """The one `requests.Session` of a process: pooled keep-alive connections through the
+    lean transport (services/transport.py), no automatic retries."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = LeanAdapter(max_idle_per_host=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.trust_env = False  # upstream addresses come from our config only

@@ -1,21 +1,17 @@
-"""Relaying an upstream SSE stream: events read in batches with keep-alives during
-silence, tool-call indexes filled in, and the frames that end a stream early (an error, a
-loop). Used by the chat pipeline's stream path."""
+"""Relaying an upstream SSE stream: tool-call indexes filled in, and the frames that end a
+stream early (an error, a loop). Used by the chat pipeline's stream path; the events
+themselves, with keep-alive gaps, come from `UpstreamStream.batches`."""
 
 from __future__ import annotations
 
-import functools
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from qwenproxy.errors import ProxyError
-from qwenproxy.services.backends import UpstreamStream
 from qwenproxy.services.guards import shorten_snippet
-from qwenproxy.sse import DONE_FRAME, SSEEvent, encode_data
+from qwenproxy.sse import DONE_FRAME, encode_data
 
 
 class ToolCallIndexer:
@@ -91,75 +87,3 @@ def delta_text(chunk: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
-_END = object()
-
-
-@functools.cache
-def _under_gevent() -> bool:
-    """True in a gunicorn gevent worker (threading is monkey-patched there)."""
-    from gevent import monkey
-
-    return bool(monkey.is_module_patched("threading"))
-
-
-def batches_with_keepalive(
-    upstream: UpstreamStream, interval: float | None
-) -> Iterator[list[SSEEvent] | None]:
-    """The upstream's events, a list per network read; `None` whenever the upstream was
-    silent for `interval` seconds.
-
-    A reader (a bare greenlet under gevent, a thread otherwise) pulls the upstream so the
-    client side can wake up for keep-alives; a small queue keeps back-pressure.
-    """
-    if not interval:
-        yield from upstream.batches()
-        return
-    if _under_gevent():
-        import gevent
-        import gevent.queue
-
-        items: Any = gevent.queue.Queue(maxsize=16)
-    else:
-        items = queue.Queue(maxsize=16)
-    closed = [False]
-
-    def pump() -> None:
-        try:
-            for batch in upstream.batches():
-                while not closed[0]:
-                    try:
-                        items.put(batch, timeout=1.0)
-                        break
-                    except queue.Full:
-                        continue
-                if closed[0]:
-                    return
-            items.put(_END)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            if not closed[0]:
-                items.put(exc)
-
-    if _under_gevent():
-        gevent.spawn(pump)
-    else:
-        threading.Thread(target=pump, name="upstream-reader", daemon=True).start()
-    try:
-        while True:
-            try:
-                item = items.get(timeout=interval)
-            except queue.Empty:
-                yield None
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        closed[0] = True
-        upstream.close()
-        while True:  # unblock the reader if it waits to hand over a batch
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                break

@@ -1,0 +1,391 @@
+"""The upstream transport (services/transport.py) mounted on a `requests.Session`, against
+loopback servers that answer with exact bytes — framing, keep-alive reuse, stale sockets,
+keep-alive waits, timeouts, TLS and malformed answers."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+import trustme
+
+from qwenproxy.services.transport import LeanAdapter, LeanBody, _Connection, _read_head
+
+Handler = Callable[["RawServer", socket.socket], None]
+
+
+class RawServer:
+    """A loopback TCP server that runs `handle(server, sock)` for each connection."""
+
+    def __init__(self, handle: Handler, tls: ssl.SSLContext | None = None) -> None:
+        self.handle = handle
+        self.tls = tls
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://localhost:{self.port}/v1/chat/completions"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.tls:
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True)
+                except (ssl.SSLError, OSError):
+                    sock.close()
+                    continue
+            self._socks.append(sock)
+            threading.Thread(target=self._run, args=(sock,), daemon=True).start()
+
+    def _run(self, sock: socket.socket) -> None:
+        try:
+            self.handle(self, sock)
+        except OSError:
+            pass
+
+    def read_request(self, sock: socket.socket) -> bytes | None:
+        """One request (head + Content-Length body), or None when the client hung up."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            if not piece:
+                return None
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            body += sock.recv(65536)
+        self.requests.append(head + b"\r\n\r\n" + body)
+        return head + b"\r\n\r\n" + body
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self._socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def serve():
+    servers: list[RawServer] = []
+
+    def start(handle: Handler, tls: ssl.SSLContext | None = None) -> RawServer:
+        server = RawServer(handle, tls)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def http():
+    session = requests.Session()
+    session.trust_env = False
+    adapter = LeanAdapter(max_idle_per_host=4)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    yield session
+    session.close()
+
+
+def answer_forever(*answers: bytes) -> Handler:
+    """Answer each request on a connection with the next of `answers` (the last repeats)."""
+
+    def handle(server: RawServer, sock: socket.socket) -> None:
+        index = 0
+        while server.read_request(sock) is not None:
+            sock.sendall(answers[min(index, len(answers) - 1)])
+            index += 1
+
+    return handle
+
+
+def json_answer(body: bytes, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def chunked(*pieces: bytes) -> bytes:
+    out = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return out + b"0\r\n\r\n"
+
+
+# --- over real sockets ----------------------------------------------------------------------
+
+
+def test_answers_with_a_length_reuse_one_connection(serve, http):
+    server = serve(answer_forever(json_answer(b'{"ok": 1}', "X-Request-Id: r-1\r\n")))
+    for _ in range(3):
+        response = http.post(server.url, data=b'{"q": 1}', timeout=(5, 5))
+        assert response.status_code == 200
+        assert response.json() == {"ok": 1}
+        assert response.headers["x-request-id"] == "r-1"
+    assert server.connections == 1
+    request = server.requests[0]
+    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"Host: localhost:{server.port}\r\n".encode() in request
+    assert b"\r\nContent-Length: 8\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"q": 1}')
+
+
+def test_chunked_answer_and_error_status_come_through(serve, http):
+    body = chunked(b'{"error": ', b'{"message": "slow down"}}')
+    answer = b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = serve(answer_forever(answer + body))
+    response = http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.json() == {"error": {"message": "slow down"}}
+    http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert server.connections == 1  # the chunked body was read to its end: reused
+
+
+def test_a_stale_pooled_connection_is_replaced(serve, http):
+    def answer_once_then_hang_up(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(json_answer(b"{}"))
+        sock.close()  # an upstream closing idle keep-alive connections
+
+    server = serve(answer_once_then_hang_up)
+    for _ in range(3):
+        assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {}
+    assert server.connections == 3
+
+
+def test_a_half_read_answer_is_not_reused(serve, http):
+    server = serve(answer_forever(json_answer(b"x" * 100_000)))
+    response = http.post(server.url, data=b"{}", timeout=(5, 5), stream=True)
+    assert len(response.raw.read(10)) == 10
+    response.close()
+    assert len(http.post(server.url, data=b"{}", timeout=(5, 5)).content) == 100_000
+    assert server.connections == 2
+
+
+def test_stream_waits_return_none_without_losing_bytes(serve, http):
+    go = threading.Event()
+
+    def stream_in_two_parts(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"6\r\nfirst\n\r\n7\r\nsec")  # a chunk cut in the middle
+        go.wait(10)
+        sock.sendall(b"ond\n\r\n0\r\n\r\n")
+
+    server = serve(stream_in_two_parts)
+    response = http.post(server.url, data=b"{}", timeout=(5, 5), stream=True)
+    raw = response.raw
+    received = b""
+    while len(received) < 9:  # "first\n" and the "sec" of the cut chunk
+        piece = raw.read_chunk(5)
+        assert piece
+        received += piece
+    assert raw.read_chunk(0.05) is None  # silence: a keep-alive moment, nothing lost
+    assert raw.read_chunk(0.05) is None
+    go.set()
+    while piece := raw.read_chunk(5):
+        received += piece
+    assert received == b"first\nsecond\n"
+    assert raw.read_chunk(5) == b""
+
+
+def test_silence_longer_than_the_read_timeout_fails_even_between_waits(serve, http):
+    def headers_then_silence(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.recv(1)  # until the client gives up
+
+    server = serve(headers_then_silence)
+    response = http.post(server.url, data=b"{}", timeout=(5, 0.3), stream=True)
+    waits = 0
+    with pytest.raises(requests.ReadTimeout):
+        while True:
+            assert response.raw.read_chunk(0.1) is None
+            waits += 1
+    assert 2 <= waits <= 3
+
+
+def test_no_answer_within_the_read_timeout(serve, http):
+    def never_answer(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.recv(1)
+
+    server = serve(never_answer)
+    with pytest.raises(requests.ReadTimeout):
+        http.post(server.url, data=b"{}", timeout=(5, 0.2))
+
+
+def test_gzip_body_is_decoded(serve, http):
+    packed = gzip.compress(b'{"answer": "' + b"z" * 5000 + b'"}')
+    server = serve(answer_forever(json_answer(packed, "Content-Encoding: gzip\r\n")))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json()["answer"] == "z" * 5000
+
+
+def test_close_delimited_body_is_read_to_the_end(serve, http):
+    def http10(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+        sock.close()
+
+    server = serve(http10)
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == b"all of it"
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == b"all of it"
+    assert server.connections == 2
+
+
+def test_informational_answers_are_skipped(serve, http):
+    server = serve(answer_forever(b"HTTP/1.1 100 Continue\r\n\r\n" + json_answer(b"[1]")))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == [1]
+
+
+OK = b"HTTP/1.1 200 OK\r\n"
+CHUNKED = OK + b"Transfer-Encoding: chunked\r\n\r\n"
+BROKEN_BODY = requests.exceptions.ChunkedEncodingError
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"SMTP ready\r\n\r\n", requests.ConnectionError),
+        (OK + b"Content-Length: 1, 2\r\n\r\n", requests.ConnectionError),
+        (OK + b"Bad Header\r\n\r\n", requests.ConnectionError),
+        (OK + b"Content-Length: 10\r\n\r\nshort", BROKEN_BODY),
+        (CHUNKED + b"-5\r\n", BROKEN_BODY),
+        (CHUNKED + b"0x5\r\n", BROKEN_BODY),
+        (CHUNKED + b"2\r\nabc\r\n", BROKEN_BODY),
+        (CHUNKED + b"5\r\nab", BROKEN_BODY),
+        (OK + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\nxx", requests.RequestException),
+    ],
+)
+def test_malformed_answers_raise_request_errors(serve, http, answer, error):
+    def once_then_close(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(answer)
+        sock.close()
+
+    server = serve(once_then_close)
+    with pytest.raises(error):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+
+
+def test_header_injection_is_refused_before_anything_is_sent(serve, http):
+    server = serve(answer_forever(json_answer(b"{}")))
+    with pytest.raises(requests.exceptions.InvalidHeader):
+        http.post(server.url, data=b"{}", headers={"X-Evil": "a\r\nHost: elsewhere"})
+    assert server.requests == []
+
+
+def test_refused_connection_is_a_connection_error(http):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(requests.ConnectionError):
+        http.post(f"http://127.0.0.1:{port}/x", data=b"{}", timeout=(2, 2))
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    return context
+
+
+def test_https_verifies_the_upstream_certificate(serve, http, ca, tmp_path):
+    server = serve(answer_forever(json_answer(b'{"tls": true}')), tls=tls_server_context(ca))
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    response = http.post(server.url, data=b"{}", timeout=(5, 5), verify=str(bundle))
+    assert response.json() == {"tls": True}
+    http.post(server.url, data=b"{}", timeout=(5, 5), verify=str(bundle))
+    assert server.connections == 1
+
+
+def test_https_refuses_an_unknown_certificate_authority(serve, http, ca):
+    server = serve(answer_forever(json_answer(b"{}")), tls=tls_server_context(ca))
+    with pytest.raises(requests.exceptions.SSLError):
+        http.post(server.url, data=b"{}", timeout=(5, 5))  # certifi's bundle: not our CA
+
+
+# --- framing split at every byte --------------------------------------------------------------
+
+
+class ScriptedSocket:
+    """A socket whose `recv` hands out the given pieces, one per call."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.closed = False
+
+    def recv(self, size: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+    def settimeout(self, value: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def read_all_split(wire: bytes, at: int) -> tuple[bytes, bool]:
+    """Parse `wire` delivered in two pieces split at `at`: (body, socket kept for reuse)."""
+    sock = ScriptedSocket([wire[:at], wire[at:]] if at else [wire])
+    pool = LeanAdapter()
+    conn = _Connection(sock, ("http", "h", 80, None))  # type: ignore[arg-type]
+    status, _, headers, rest, keep = _read_head(sock)  # type: ignore[arg-type]
+    body = LeanBody(conn, pool, "POST", status, headers, rest, keep, 5.0)
+    data = body.read()
+    return data, bool(pool._idle.get(conn.key))
+
+
+def test_chunked_framing_survives_any_split():
+    wire = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n"
+    )
+    for at in range(len(wire)):
+        assert read_all_split(wire, at) == (b"hello 0123456789", True), at
+
+
+def test_length_framing_survives_any_split():
+    wire = json_answer(b'{"a": [1, 2, 3]}')
+    for at in range(len(wire)):
+        assert read_all_split(wire, at) == (b'{"a": [1, 2, 3]}', True), at
+
+
+def test_bytes_beyond_the_announced_length_spoil_the_connection():
+    wire = json_answer(b"{}") + b"HTTP/1.1 200 OK\r\n"
+    assert read_all_split(wire, 0) == (b"{}", False)
