@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from flask import Response, current_app, g, request, stream_with_context
+from flask import Response, current_app, g, request
 from werkzeug.datastructures import Headers
 
 from qwenproxy.schemas import parse_json_object
@@ -34,10 +34,12 @@ def pipeline_response(
     frames: Callable[[Iterator[bytes]], Iterator[bytes]] = lambda frames: frames,
     answer: Callable[[dict[str, Any]], dict[str, Any]] = lambda body: body,
 ) -> Response:
-    """The HTTP response for a pipeline result; front doors pass their translations."""
+    """The HTTP response for a pipeline result; front doors pass their translations.
+    A stream needs nothing from Flask's request context, so it runs without one (no
+    `stream_with_context`): an open stream holds less memory and one generator less."""
     if isinstance(result, StreamingCompletion):
         return Response(
-            stream_with_context(frames(result.frames)),
+            frames(result.frames),
             mimetype="text/event-stream",
             headers={**SSE_HEADERS, **result.headers},
         )

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import orjson
 import requests
-from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ReadTimeoutError  # how requests' own adapter reports one
 
 from qwenproxy.errors import (
@@ -145,24 +144,26 @@ def _looks_like_auth_failure(status: int, message: str) -> bool:
 
 
 class UpstreamStream:
-    """An open upstream SSE response: iterate it for events; always `close()` it."""
+    """An open upstream SSE response: iterate it for events; always `close()` it.
+    Only the body is kept: an open stream holds no request, headers or cookie jar."""
 
     def __init__(self, response: requests.Response, backend: str) -> None:
-        self._response = response
+        self._raw = response.raw
+        self._iter_content = None if hasattr(self._raw, "read_chunk") else response.iter_content
         self._backend = backend
 
     def batches(self, keepalive: float | None = None) -> Iterator[list[SSEEvent] | None]:
         """The events of each network read, together (so they can leave in one write);
         `None` each time the upstream stayed silent for `keepalive` seconds."""
         decoder = SSEDecoder()
-        read_chunk = getattr(self._response.raw, "read_chunk", None)
         try:
-            if read_chunk is None:  # another transport: plain reads, no keep-alive waits
-                for chunk in self._response.iter_content(chunk_size=None):
+            if self._iter_content is not None:  # another transport: no keep-alive waits
+                for chunk in self._iter_content(chunk_size=None):
                     events = decoder.feed(chunk)
                     if events:
                         yield events
             else:
+                read_chunk = self._raw.read_chunk
                 while True:
                     chunk = read_chunk(keepalive)
                     if chunk is None:
@@ -186,7 +187,7 @@ class UpstreamStream:
             yield events
 
     def close(self) -> None:
-        self._response.close()
+        self._raw.close()
 
 
 @dataclass
@@ -368,8 +369,9 @@ def post_prepared(
     request = requests.PreparedRequest()
     request.method = "POST"
     request.url = url
-    request.headers = CaseInsensitiveDict(headers)
-    request.headers["Content-Length"] = str(len(payload))
+    # The lean transport reads the headers once, in order: a plain dict will do.
+    request.headers = headers  # type: ignore[assignment]
+    headers["Content-Length"] = str(len(payload))
     request.body = payload
     request.hooks = {"response": []}
     response = http.get_adapter(url).send(request, stream=True, timeout=timeout)

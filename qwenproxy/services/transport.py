@@ -143,7 +143,7 @@ class LeanAdapter(BaseAdapter):
 
         while True:
             conn = self._checkout(key)
-            fresh = conn is None
+            reused = conn is not None
             if conn is None:
                 conn = self._connect(key, connect_timeout)
             try:
@@ -153,25 +153,25 @@ class LeanAdapter(BaseAdapter):
                     conn.sock.sendall(body)
                 else:
                     conn.sock.sendall(head + body if body else head)
+                status, reason, headers, rest, keep = _read_head(conn.sock)
+                raw = LeanBody(conn, self, method, status, headers, rest, keep, read_timeout)
+                break
+            except TimeoutError:
+                conn.close()
+                raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
+            except (_Unanswered, BrokenPipeError) as exc:
+                conn.close()
+                if reused:
+                    # The server had closed this idle keep-alive connection (its close
+                    # crossed our request): no byte came back, so the request went unseen.
+                    continue
+                raise ConnectionError(f"{host} closed the connection: {_reason(exc)}") from None
             except OSError as exc:
                 conn.close()
-                if not fresh:
-                    continue  # a stale keep-alive socket: the request never left, resend
-                raise ConnectionError(f"sending to {host} failed: {_reason(exc)}") from None
-            break
-
-        try:
-            status, reason, headers, rest, keep = _read_head(conn.sock)
-            raw = LeanBody(conn, self, method, status, headers, rest, keep, read_timeout)
-        except TimeoutError:
-            conn.close()
-            raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
-        except OSError as exc:
-            conn.close()
-            raise ConnectionError(f"{host} closed the connection: {_reason(exc)}") from None
-        except ValueError as exc:
-            conn.close()
-            raise ConnectionError(f"{host} sent a malformed answer: {exc}") from None
+                raise ConnectionError(f"{host} closed the connection: {_reason(exc)}") from None
+            except ValueError as exc:
+                conn.close()
+                raise ConnectionError(f"{host} sent a malformed answer: {exc}") from None
         response = requests.Response()
         response.status_code = status
         response.reason = reason
@@ -541,26 +541,39 @@ def _encode_request(
     return "\r\n".join(lines).encode("latin-1"), payload
 
 
+class _Unanswered(ConnectionResetError):
+    """The connection ended before any byte of an answer."""
+
+
 def _read_head(sock: socket.socket) -> tuple[int, str, CaseInsensitiveDict, bytearray, bool]:
     """Read up to the end of an answer's head: (status, reason, headers, leftover bytes,
     whether the connection stays open after the body). Informational (1xx) answers are
     skipped."""
     buf = bytearray()
     searched = 0
+    answered = False  # any byte of an answer came back
     while True:
         end = buf.find(b"\r\n\r\n", max(0, searched - 3))
         if end < 0:
             if len(buf) > MAX_HEAD:
                 raise ValueError("the answer's head is too large")
             searched = len(buf)
-            data = sock.recv(RECV_SIZE)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                if answered or buf:
+                    raise
+                raise _Unanswered(exc.strerror or "connection reset") from None
             if not data:
-                raise ConnectionResetError("the connection closed before an answer")
+                if answered or buf:
+                    raise ConnectionResetError("the connection closed in the answer's head")
+                raise _Unanswered("the connection closed before an answer")
             buf += data
             continue
         head = bytes(buf[:end]).decode("latin-1")
         del buf[: end + 4]
         searched = 0
+        answered = True
         status, reason, headers, http10 = _parse_head(head)
         if 100 <= status < 200:
             continue
@@ -600,4 +613,4 @@ def _content_length(value: str) -> int:
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -168,16 +168,48 @@ def test_chunked_answer_and_error_status_come_through(serve, http):
     assert server.connections == 1  # the chunked body was read to its end: reused
 
 
-def test_a_stale_pooled_connection_is_replaced(serve, http):
+def test_a_pooled_connection_the_server_closed_is_not_used(serve, http):
+    closed = threading.Semaphore(0)
+
     def answer_once_then_hang_up(server: RawServer, sock: socket.socket) -> None:
         server.read_request(sock)
         sock.sendall(json_answer(b"{}"))
         sock.close()  # an upstream closing idle keep-alive connections
+        closed.release()
 
     server = serve(answer_once_then_hang_up)
     for _ in range(3):
         assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {}
+        assert closed.acquire(timeout=5)
     assert server.connections == 3
+
+
+def test_a_request_crossing_the_servers_idle_close_is_sent_again(serve, http):
+    def second_request_unanswered(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(json_answer(b'{"n": 1}'))
+        if server.connections == 1:
+            server.read_request(sock)  # the close crossed this request: no answer
+            sock.close()
+            return
+        while server.read_request(sock) is not None:
+            sock.sendall(json_answer(b'{"n": 1}'))
+
+    server = serve(second_request_unanswered)
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert server.connections == 2
+
+
+def test_a_new_connection_closed_without_an_answer_is_not_retried(serve, http):
+    def hang_up(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.close()
+
+    server = serve(hang_up)
+    with pytest.raises(requests.ConnectionError, match="closed"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert server.connections == 1
 
 
 def test_a_half_read_answer_is_not_reused(serve, http):
