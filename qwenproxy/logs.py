@@ -25,8 +25,15 @@ class SecretFilter(logging.Filter):
         for secret in self._secrets():
             if secret and secret in text:
                 text = text.replace(secret, REDACTED)
-        text = _BEARER.sub(r"\1" + REDACTED, text)
-        return _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+        # Each pattern runs only where it could match: its case-insensitive words are in
+        # the lower-cased text (every character that matches them ignoring case lowers to
+        # them). Most lines, the per-request ones included, have neither.
+        lowered = text.lower()
+        if "bearer" in lowered:
+            text = _BEARER.sub(r"\1" + REDACTED, text)
+        if "key=" in lowered or "token=" in lowered:
+            text = _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

@@ -70,3 +70,14 @@ def test_json_request_lines_are_bare_json(make_config, fake, capsys):
         for handler in list(requests_log.handlers):
             requests_log.removeHandler(handler)
         requests_log.propagate = True
+
+
+def test_bearer_tokens_and_key_parameters_are_scrubbed_in_any_letter_case():
+    scrub = SecretFilter(lambda: []).scrub
+    assert scrub("sent BeArEr abcdefghijklmnop1234") == "sent BeArEr [REDACTED]"
+    assert scrub("url /x?API-KEY=zzzzzzzz&Access_Token=yyyyyyyy") == (
+        "url /x?API-KEY=[REDACTED]&Access_Token=[REDACTED]"
+    )
+    assert scrub("kelvin \u212aEY=zzzzzzzz") == "kelvin \u212aEY=[REDACTED]"  # K, the sign
+    line = "req 969f09fc session=1da94e3a5db8 status=200 tokens=42/36 latency=1ms"
+    assert scrub(line) == line

@@ -6,6 +6,7 @@ directory (prometheus_client's multiprocess mode) and `/metrics` adds them up.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -96,6 +97,9 @@ class Metrics:
             "Streams stopped because the model repeated itself.",
             registry=registry,
         )
+        # Labelled children by (metric, label values): `labels()` takes a lock and builds a
+        # key each time. Label values are bounded (see Accounting), and so is this.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         if self.multiprocess_dir is not None:
             self._export = CollectorRegistry()
             multiprocess.MultiProcessCollector(self._export, path=str(self.multiprocess_dir))
@@ -107,14 +111,21 @@ class Metrics:
         loop detections are counted where they happen (`failover()`, `loop_detected()`)."""
         backend = rec.backend or "-"
         model = rec.upstream_model or rec.requested_model or "-"
-        self.requests.labels(backend, model, str(rec.status)).inc()
-        self.latency.labels(backend).observe(rec.latency_ms / 1000.0)
+        self._child(self.requests, backend, model, str(rec.status)).inc()
+        self._child(self.latency, backend).observe(rec.latency_ms / 1000.0)
         if rec.ttft_ms is not None:
-            self.ttft.labels(backend).observe(rec.ttft_ms / 1000.0)
+            self._child(self.ttft, backend).observe(rec.ttft_ms / 1000.0)
         if rec.prompt_tokens:
-            self.tokens.labels(backend, model, "prompt").inc(rec.prompt_tokens)
+            self._child(self.tokens, backend, model, "prompt").inc(rec.prompt_tokens)
         if rec.completion_tokens:
-            self.tokens.labels(backend, model, "completion").inc(rec.completion_tokens)
+            self._child(self.tokens, backend, model, "completion").inc(rec.completion_tokens)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def stream_opened(self) -> None:
         self.active_streams.inc()

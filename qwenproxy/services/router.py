@@ -101,7 +101,8 @@ class RouteStore:
             )
         if row is None:
             return None
-        return FailoverRoute(name, row.policy, tuple(orjson.loads(row.elements)))
+        policy, elements = row
+        return FailoverRoute(name, policy, tuple(orjson.loads(elements)))
 
     def all(self) -> list[FailoverRoute]:
         with database_errors("reading failover routes"), self._db.engine.connect() as conn:

@@ -71,10 +71,11 @@ class SessionStore:
             )
         if row is None:
             return LoadedSession(session_id, SessionState(), None, None)
-        if row.updated_at < self._clock() - self._ttl:  # expired: start afresh
-            return LoadedSession(session_id, SessionState(), row.state, row.updated_at)
-        state = SessionState(**orjson.loads(row.state))
-        return LoadedSession(session_id, state, row.state, row.updated_at)
+        raw, updated_at = row
+        if updated_at < self._clock() - self._ttl:  # expired: start afresh
+            return LoadedSession(session_id, SessionState(), raw, updated_at)
+        state = SessionState(**orjson.loads(raw))
+        return LoadedSession(session_id, state, raw, updated_at)
 
     def save(self, loaded: LoadedSession, state: SessionState) -> LoadedSession | None:
         """Store `state` if nobody changed the session since `loaded` (compare-and-set):

@@ -99,11 +99,46 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def fetch_row(self, sql: str, **params: Any) -> Any:
-        """One row of a hot-path read by key, through the driver directly: a third of the
-        cost of the same SELECT built with Core. `sql` uses `:name` placeholders."""
-        with self.engine.connect() as conn:
-            return conn.exec_driver_sql(self._driver_sql(sql), params).first()
+    def fetch_row(self, sql: str, **params: Any) -> tuple[Any, ...] | None:
+        """One row (a plain tuple, columns in SELECT order) of a hot-path read by key, on a
+        pooled DBAPI connection: a third of the cost of `exec_driver_sql`, a tenth of a Core
+        SELECT. `sql` uses `:name` placeholders. Driver errors are raised as SQLAlchemy's
+        (`database_errors` turns them into a 503), and a connection lost on the way is
+        dropped from the pool, as a `Connection` would do."""
+        statement = self._driver_sql(sql)
+        dialect = self.engine.dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        try:
+            conn = self.engine.raw_connection()
+        except dbapi_error as exc:
+            raise self._wrapped(exc, None, None, dialect.is_disconnect(exc, None, None)) from exc
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(statement, params)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        except dbapi_error as exc:
+            lost = dialect.is_disconnect(exc, conn.dbapi_connection, None)
+            if lost:
+                conn.invalidate(exc)
+            raise self._wrapped(exc, statement, params, lost) from exc
+        finally:
+            conn.close()  # back to the pool, which rolls the read's transaction back
+
+    def _wrapped(
+        self, exc: Exception, statement: str | None, params: Any, lost: bool
+    ) -> sa.exc.StatementError:
+        return sa.exc.DBAPIError.instance(
+            statement,
+            params,
+            exc,
+            self.engine.dialect.loaded_dbapi.Error,
+            hide_parameters=self.engine.hide_parameters,
+            connection_invalidated=lost,
+            dialect=self.engine.dialect,
+        )
 
     def _driver_sql(self, sql: str) -> str:
         cached = self._sql_cache.get(sql)

@@ -3,9 +3,10 @@ touch and expiry; and the schema is created idempotently."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
-from qwenproxy.services.store import Database, KeyValueTable, sessions_table
+from qwenproxy.services.store import Database, KeyValueTable, describe_db_error, sessions_table
 
 
 class Clock:
@@ -64,3 +65,20 @@ def test_opening_the_database_twice_keeps_its_rows(database_url):
     second = Database(database_url)
     assert KeyValueTable(second, sessions_table).get_raw("s1") == "{}"
     second.dispose()
+
+
+def test_hot_path_read_gives_the_row_as_a_tuple_or_none(database):
+    KeyValueTable(database, sessions_table, Clock(1000.0)).put_raw("s1", '{"a": 1}', None)
+    sql = "SELECT state, updated_at FROM qp_sessions WHERE id = :id"
+    assert database.fetch_row(sql, id="s1") == ('{"a": 1}', 1000.0)
+    assert database.fetch_row(sql, id="nobody") is None
+
+
+def test_a_failed_hot_path_read_is_a_sqlalchemy_error_and_the_pool_stays_usable(database):
+    with pytest.raises(sa.exc.DBAPIError) as caught:
+        database.fetch_row("SELECT state FROM qp_no_such_table WHERE id = :id", id="s1")
+    assert "qp_no_such_table" in describe_db_error(caught.value)
+    for _ in range(3):  # every pooled connection still reads (no transaction left aborted)
+        assert database.fetch_row("SELECT id FROM qp_sessions WHERE id = :id", id="x") is None
+    KeyValueTable(database, sessions_table).put_raw("s1", "{}", expected=None)
+    assert KeyValueTable(database, sessions_table).get_raw("s1") == "{}"
