@@ -117,7 +117,7 @@ def measure(calls: int) -> dict[str, Any]:
                 ("whole pipeline: validate + CompletionService.handle (no HTTP edge)", pipeline),
                 ("ClientAccess.check (key compare)", lambda: services.access.check(headers, HOST)),
                 (
-                    "load_chat_completion_request (orjson + checks; marshmallow words errors)",
+                    "load_chat_completion_request (orjson + marshmallow)",
                     lambda: load_chat_completion_request(raw),
                 ),
                 (
