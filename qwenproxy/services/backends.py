@@ -113,8 +113,12 @@ class QwenOAuthCredentials:
 
 
 def _error_detail(response: requests.Response) -> tuple[str, str | None]:
-    """(message, code) of an upstream error answer, from any of the common shapes."""
-    raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) if response.raw else b""
+    """(message, code) of an upstream error answer, from any of the common shapes. A body
+    that cannot be read (cut off, stalled, corrupt) leaves the status to speak."""
+    try:
+        raw = response.raw.read(MAX_ERROR_BODY, decode_content=True) if response.raw else b""
+    except requests.RequestException:
+        return response.reason or f"HTTP {response.status_code}", None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -23,6 +23,7 @@ import ssl
 import time
 import weakref
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +54,12 @@ except ImportError:  # pragma: no cover - gevent is a runtime dependency
 RECV_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_CHUNK_LINE = 4096
+# Idle keep-alive sockets older than this are closed rather than reused: below the 60 s
+# idle timeout of common load balancers, so a reuse seldom races the server's own close.
+MAX_IDLE_SECONDS = 50.0
+# A reused connection that ends this soon after the request, with no answer byte, was
+# closed by the server as the request crossed it; the request is sent again, once.
+CROSSED_CLOSE_SECONDS = 1.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _BAD_HEADER_CHARS = re.compile(r"[\r\n\x00]")
@@ -85,12 +92,12 @@ def _target(url: str) -> tuple[str, str, int, str, str]:
 class _Connection:
     """One open socket to an upstream, reusable after a fully read answer."""
 
-    __slots__ = ("sock", "key", "reused")
+    __slots__ = ("sock", "key", "idle_since")
 
     def __init__(self, sock: socket.socket, key: tuple[Any, ...]) -> None:
         self.sock = sock
         self.key = key
-        self.reused = False
+        self.idle_since = 0.0
 
     def looks_dropped(self) -> bool:
         """An idle keep-alive socket that is readable was closed by the server (EOF) or
@@ -115,7 +122,7 @@ class LeanAdapter(BaseAdapter):
     def __init__(self, max_idle_per_host: int = 100) -> None:
         super().__init__()
         self.max_idle_per_host = max_idle_per_host
-        self._idle: dict[tuple[Any, ...], list[_Connection]] = {}
+        self._idle: dict[tuple[Any, ...], deque[_Connection]] = {}
         self._contexts: dict[Any, ssl.SSLContext] = {}
         # A dropped adapter (an app built and thrown away) still closes its idle sockets.
         weakref.finalize(self, _close_idle, self._idle)
@@ -141,11 +148,13 @@ class LeanAdapter(BaseAdapter):
         head, body = _encode_request(method, path, host_header, request.headers, request.body)
         key = (scheme, host, port, verify if scheme == "https" else None)
 
+        retried = False
         while True:
-            conn = self._checkout(key)
+            conn = None if retried else self._checkout(key)
             reused = conn is not None
             if conn is None:
                 conn = self._connect(key, connect_timeout)
+            sent_at = time.monotonic()
             try:
                 conn.sock.settimeout(read_timeout)
                 if body and len(body) > 65536:
@@ -161,9 +170,12 @@ class LeanAdapter(BaseAdapter):
                 raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
             except (_Unanswered, BrokenPipeError) as exc:
                 conn.close()
-                if reused:
-                    # The server had closed this idle keep-alive connection (its close
-                    # crossed our request): no byte came back, so the request went unseen.
+                if reused and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS:
+                    # The server closed this idle keep-alive connection as our request
+                    # crossed it: no byte came back at once. Sent again, once, on a new
+                    # connection. A close that comes later may follow real work upstream
+                    # (a crash mid-answer): that is an error, never a second request.
+                    retried = True
                     continue
                 raise ConnectionError(f"{host} closed the connection: {_reason(exc)}") from None
             except OSError as exc:
@@ -192,20 +204,28 @@ class LeanAdapter(BaseAdapter):
 
     def _checkout(self, key: tuple[Any, ...]) -> _Connection | None:
         conns = self._idle.get(key)
+        if not conns:
+            return None
+        fresh_since = time.monotonic() - MAX_IDLE_SECONDS
         while conns:
-            conn = conns.pop()
-            if conn.looks_dropped():
+            conn = conns.pop()  # the most recently used first
+            if conn.idle_since < fresh_since or conn.looks_dropped():
                 conn.close()
                 continue
-            conn.reused = True
             return conn
         return None
 
     def checkin(self, conn: _Connection) -> None:
-        conns = self._idle.setdefault(conn.key, [])
+        conns = self._idle.get(conn.key)
+        if conns is None:
+            conns = self._idle.setdefault(conn.key, deque())
+        now = time.monotonic()
+        while conns and conns[0].idle_since < now - MAX_IDLE_SECONDS:
+            conns.popleft().close()  # the oldest idle sockets expire, not just linger
         if len(conns) >= self.max_idle_per_host:
             conn.close()
         else:
+            conn.idle_since = now
             conns.append(conn)
 
     def _connect(self, key: tuple[Any, ...], timeout: float | None) -> _Connection:
@@ -287,6 +307,8 @@ class LeanBody:
             self._mode = "none"
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._mode = "chunked"
+            if "content-length" in headers:  # both: chunked wins, the socket is not reused
+                self._keep = False
         elif "content-length" in headers:
             self._mode = "length"
             self._length = _content_length(headers["content-length"])
@@ -489,7 +511,7 @@ class LeanBody:
         raise ChunkedEncodingError(f"the upstream sent {what}")
 
 
-def _close_idle(idle: dict[tuple[Any, ...], list[_Connection]]) -> None:
+def _close_idle(idle: dict[tuple[Any, ...], deque[_Connection]]) -> None:
     for conns in list(idle.values()):
         while conns:
             conns.pop().close()

@@ -257,6 +257,15 @@ def test_hung_upstream_is_504(make_config, fake):
     assert time.monotonic() - started < 2.5
 
 
+def test_upstream_error_whose_body_never_ends_keeps_its_status(make_config, fake):
+    cut = ("503 Service Unavailable", [("Content-Length", "100")], [b'{"error": {"mess'])
+    fake.script.append(lambda f, r: cut)
+    client = create_app(make_config(upstream_read_timeout=0.3)).test_client()
+    response = post(client, {"messages": USER})
+    assert response.status_code == 502  # as for any upstream 5xx: not the proxy's own 500
+    assert response.json["error"]["message"].endswith("Backend qwen-oauth: Service Unavailable")
+
+
 def test_upstream_answering_invalid_json_is_502(client, fake):
     fake.script.append(lambda f, r: ("200 OK", [("Content-Type", "application/json")], [b"<html>"]))
     response = post(client, {"messages": USER})

@@ -15,6 +15,7 @@ import pytest
 import requests
 import trustme
 
+from qwenproxy.services import transport
 from qwenproxy.services.transport import LeanAdapter, LeanBody, _Connection, _read_head
 
 Handler = Callable[["RawServer", socket.socket], None]
@@ -198,6 +199,48 @@ def test_a_request_crossing_the_servers_idle_close_is_sent_again(serve, http):
     server = serve(second_request_unanswered)
     assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
     assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert server.connections == 2
+
+
+def fill_pool(http: requests.Session, url: str, count: int) -> None:
+    """Leave `count` idle keep-alive connections in the pool."""
+    held = [http.post(url, data=b"{}", timeout=(5, 5), stream=True) for _ in range(count)]
+    for response in held:
+        assert response.content
+        response.close()
+
+
+def answer_first_request_of_each_connection_only(server: RawServer, sock: socket.socket) -> None:
+    server.read_request(sock)
+    sock.sendall(json_answer(b'{"n": 1}'))
+    server.read_request(sock)  # later requests on this connection: closed unanswered
+    sock.close()
+
+
+def test_a_request_is_sent_again_at_most_once(serve, http):
+    server = serve(answer_first_request_of_each_connection_only)
+    fill_pool(http, server.url, 3)
+    served = len(server.requests)
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert len(server.requests) == served + 2  # once on a pooled socket, once on a new one
+    assert server.connections == 4
+
+
+def test_a_close_that_comes_late_is_an_error_not_a_second_request(serve, http, monkeypatch):
+    monkeypatch.setattr(transport, "CROSSED_CLOSE_SECONDS", 0.0)  # every close is "late"
+    server = serve(answer_first_request_of_each_connection_only)
+    fill_pool(http, server.url, 1)
+    with pytest.raises(requests.ConnectionError, match="closed"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert len(server.requests) == 2
+    assert server.connections == 1
+
+
+def test_idle_connections_expire(serve, http, monkeypatch):
+    server = serve(answer_forever(json_answer(b"{}")))
+    http.post(server.url, data=b"{}", timeout=(5, 5))
+    monkeypatch.setattr(transport, "MAX_IDLE_SECONDS", 0.0)
+    http.post(server.url, data=b"{}", timeout=(5, 5))
     assert server.connections == 2
 
 
