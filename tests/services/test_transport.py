@@ -9,14 +9,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import requests
 import trustme
 
 from qwenproxy.services import transport
-from qwenproxy.services.transport import LeanAdapter, LeanBody, _Connection, _read_head
+from qwenproxy.services.transport import LeanAdapter
 
 Handler = Callable[["RawServer", socket.socket], None]
 
@@ -413,54 +412,3 @@ def test_https_refuses_an_unknown_certificate_authority(serve, http, ca):
     server = serve(answer_forever(json_answer(b"{}")), tls=tls_server_context(ca))
     with pytest.raises(requests.exceptions.SSLError):
         http.post(server.url, data=b"{}", timeout=(5, 5))  # certifi's bundle: not our CA
-
-
-# --- framing split at every byte --------------------------------------------------------------
-
-
-class ScriptedSocket:
-    """A socket whose `recv` hands out the given pieces, one per call."""
-
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
-        self.closed = False
-
-    def recv(self, size: int) -> bytes:
-        return self.pieces.pop(0) if self.pieces else b""
-
-    def settimeout(self, value: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def read_all_split(wire: bytes, at: int) -> tuple[bytes, bool]:
-    """Parse `wire` delivered in two pieces split at `at`: (body, socket kept for reuse)."""
-    sock = ScriptedSocket([wire[:at], wire[at:]] if at else [wire])
-    pool = LeanAdapter()
-    conn = _Connection(sock, ("http", "h", 80, None))  # type: ignore[arg-type]
-    status, _, headers, rest, keep = _read_head(sock)  # type: ignore[arg-type]
-    body = LeanBody(conn, pool, "POST", status, headers, rest, keep, 5.0)
-    data = body.read()
-    return data, bool(pool._idle.get(conn.key))
-
-
-def test_chunked_framing_survives_any_split():
-    wire = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n"
-    )
-    for at in range(len(wire)):
-        assert read_all_split(wire, at) == (b"hello 0123456789", True), at
-
-
-def test_length_framing_survives_any_split():
-    wire = json_answer(b'{"a": [1, 2, 3]}')
-    for at in range(len(wire)):
-        assert read_all_split(wire, at) == (b'{"a": [1, 2, 3]}', True), at
-
-
-def test_bytes_beyond_the_announced_length_spoil_the_connection():
-    wire = json_answer(b"{}") + b"HTTP/1.1 200 OK\r\n"
-    assert read_all_split(wire, 0) == (b"{}", False)
