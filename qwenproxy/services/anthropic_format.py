@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError, ProxyError
-from qwenproxy.services.pipeline_frames import first_choice, message_text
+from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
 from qwenproxy.services.tool_arguments import parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -83,12 +83,15 @@ class AnthropicRequest:
     chat: dict[str, Any]
     model: str
     stop_sequences: tuple[str, ...] = ()
+    thinking: bool = False  # the client asked to see the model's reasoning
 
 
 def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> AnthropicRequest:
-    """Translate a Messages API body. Dropped (no upstream can use them): `metadata`,
-    `thinking`, `output_config`, `context_management`, `container`, `mcp_servers`,
-    `service_tier`, `cache_control` marks, thinking blocks and Anthropic's server tools."""
+    """Translate a Messages API body. `thinking` (enabled, or adaptive unless its display
+    is "omitted") asks for the upstream's reasoning as thinking blocks; the setting itself
+    is not sent upstream. Dropped (no upstream can use them): `metadata`, `output_config`,
+    `context_management`, `container`, `mcp_servers`, `service_tier`, `cache_control`
+    marks, thinking blocks in the history and Anthropic's server tools."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequestError("`model` must be a string", param="model")
@@ -141,7 +144,15 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
-    return AnthropicRequest(chat, model or "", tuple(stop or ()))
+    return AnthropicRequest(chat, model or "", tuple(stop or ()), _wants_thinking(body))
+
+
+def _wants_thinking(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict):
+        return False
+    kind = thinking.get("type")
+    return kind == "enabled" or (kind == "adaptive" and thinking.get("display") != "omitted")
 
 
 def _check_content(content: Any, param: str) -> None:
@@ -405,6 +416,9 @@ def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[st
     """A chat.completion as an Anthropic Message."""
     choice, message = first_choice(completion)
     content: list[dict[str, Any]] = []
+    reasoning = reasoning_text(message) if request.thinking else ""
+    if reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = message_text(message.get("content"))
     if text:
         content.append({"type": "text", "text": text})
@@ -421,7 +435,7 @@ def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[st
             }
         )
     used_tools = any(block["type"] == "tool_use" for block in content)
-    if not content:
+    if not any(block["type"] != "thinking" for block in content):
         content.append({"type": "text", "text": ""})
     reason, sequence = stop_reason_of(
         choice.get("finish_reason"), choice.get("stop_reason"), request.stop_sequences, used_tools

@@ -1,5 +1,5 @@
 """A chat-completions stream as Anthropic Messages stream events (message_start,
-content blocks with text and input_json deltas, message_delta, message_stop)."""
+content blocks with thinking, text and input_json deltas, message_delta, message_stop)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ class AnthropicStream(ChunkTranslator):
         self.id = new_message_id()
         self._next_index = 0
         self._text_index: int | None = None  # the open text block
+        self._thinking_index: int | None = None  # the open thinking block
         self._tools: dict[int, _ToolBlock] = {}  # by the upstream's tool-call index
         self._open_tool: _ToolBlock | None = None
         self._finish: Any = None
@@ -106,6 +107,28 @@ class AnthropicStream(ChunkTranslator):
         return [sse_event("error", error_body_from_openai(error))]
 
     # --- blocks -----------------------------------------------------------------------
+
+    def _reasoning(self, text: str) -> list[bytes]:
+        if not self.request.thinking:
+            return []
+        out: list[bytes] = []
+        if self._thinking_index is None:
+            out.extend(self._close_open())
+            self._thinking_index = self._take_index()
+            out.append(
+                sse_event(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": self._thinking_index,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    },
+                )
+            )
+        out.append(
+            self._delta(self._thinking_index, {"type": "thinking_delta", "thinking": text})
+        )
+        return out
 
     def _text(self, text: str) -> list[bytes]:
         out: list[bytes] = []
@@ -171,6 +194,9 @@ class AnthropicStream(ChunkTranslator):
 
     def _close_open(self) -> list[bytes]:
         out: list[bytes] = []
+        if self._thinking_index is not None:
+            out.append(self._stop(self._thinking_index))
+            self._thinking_index = None
         if self._text_index is not None:
             out.append(self._stop(self._text_index))
             self._text_index = None

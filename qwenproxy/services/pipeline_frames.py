@@ -49,12 +49,25 @@ def message_text(content: Any) -> str:
     return ""
 
 
+def reasoning_text(message: dict[str, Any]) -> str:
+    """A thinking model's reasoning in a message or delta: `reasoning_content` (DashScope,
+    vLLM, DeepSeek) or `reasoning` (OpenRouter)."""
+    text = message.get("reasoning_content")
+    if not isinstance(text, str) or not text:
+        text = message.get("reasoning")
+    return text if isinstance(text, str) else ""
+
+
 class ChunkTranslator:
     """The part every translator shares: walk a chat chunk's first choice and hand its
-    text and tool-call pieces to `_text` / `_tool_call`; note usage and the finish."""
+    reasoning, text and tool-call pieces to `_reasoning` / `_text` / `_tool_call`; note
+    usage and the finish."""
 
     _usage: dict[str, Any] | None = None
     _finish: str | None = None
+
+    def _reasoning(self, text: str) -> list[bytes]:
+        return []  # a door that has no place for reasoning leaves it out
 
     def _text(self, text: str) -> list[bytes]:
         raise NotImplementedError
@@ -110,6 +123,9 @@ class ChunkTranslator:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            reasoning = reasoning_text(delta)
+            if reasoning:
+                out.extend(self._reasoning(reasoning))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out.extend(self._text(text))

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.pipeline_frames import first_choice, message_text
+from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -488,6 +488,17 @@ def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     }
 
 
+def reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    """A thinking model's reasoning as a `reasoning` item (its text as `reasoning_text`)."""
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}] if text else [],
+    }
+
+
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
@@ -533,6 +544,9 @@ def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[s
     reason = INCOMPLETE_REASONS.get(str(choice.get("finish_reason")))
     item_status = "incomplete" if reason else "completed"
     output: list[dict[str, Any]] = []
+    reasoning = reasoning_text(message)
+    if reasoning:
+        output.append(reasoning_item(new_id("rs"), reasoning, "completed"))
     text = message_text(message.get("content"))
     if text:
         output.append(message_item(new_id("msg"), text, item_status))

@@ -16,6 +16,7 @@ from qwenproxy.services.responses_format import (
     call_item,
     message_item,
     new_id,
+    reasoning_item,
     response_object,
     text_part,
     usage_of,
@@ -29,7 +30,7 @@ from qwenproxy.services.tool_arguments import ArgumentStream
 class _Item:
     output_index: int
     id: str
-    kind: str  # "message" or "call"
+    kind: str  # "message", "call" or "reasoning"
     text: str = ""
     call_id: str = ""
     name: str = ""
@@ -41,7 +42,9 @@ class _Item:
 
 class ResponsesStream(ChunkTranslator):
     """A chat-completions stream, chunk by chunk, as Responses events (each with its
-    `sequence_number`): response.created, response.in_progress; per message item
+    `sequence_number`): response.created, response.in_progress; per reasoning item
+    output_item.added, reasoning_text.delta…, reasoning_text.done, output_item.done; per
+    message item
     output_item.added, content_part.added, output_text.delta…, output_text.done,
     content_part.done, output_item.done; per function call output_item.added,
     function_call_arguments.delta…, .done, output_item.done; then response.completed
@@ -55,6 +58,7 @@ class ResponsesStream(ChunkTranslator):
         self._sequence = 0
         self._items: list[_Item] = []
         self._message: _Item | None = None  # the open message item
+        self._thought: _Item | None = None  # the open reasoning item
         self._open_call: _Item | None = None
         self._calls: dict[int, _Item] = {}  # by the upstream's tool-call index
         self._finish: Any = None
@@ -98,6 +102,31 @@ class ResponsesStream(ChunkTranslator):
         return [self._event("response.failed", response=response)]
 
     # --- items ------------------------------------------------------------------------
+
+    def _reasoning(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        item = self._thought
+        if item is None:
+            out.extend(self._close_open())
+            item = self._thought = self._new_item("reasoning", new_id("rs"))
+            out.append(
+                self._event(
+                    "response.output_item.added",
+                    output_index=item.output_index,
+                    item=reasoning_item(item.id, "", "in_progress"),
+                )
+            )
+        item.text += text
+        out.append(
+            self._event(
+                "response.reasoning_text.delta",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=0,
+                delta=text,
+            )
+        )
+        return out
 
     def _text(self, text: str) -> list[bytes]:
         out: list[bytes] = []
@@ -222,8 +251,28 @@ class ResponsesStream(ChunkTranslator):
             ),
         ]
 
+    def _close_reasoning(self, item: _Item) -> list[bytes]:
+        item.closed = True
+        return [
+            self._event(
+                "response.reasoning_text.done",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=0,
+                text=item.text,
+            ),
+            self._event(
+                "response.output_item.done",
+                output_index=item.output_index,
+                item=reasoning_item(item.id, item.text, "completed"),
+            ),
+        ]
+
     def _close_open(self) -> list[bytes]:
         out: list[bytes] = []
+        if self._thought is not None:
+            out.extend(self._close_reasoning(self._thought))
+            self._thought = None
         if self._message is not None:
             out.extend(self._close_message(self._message))
             self._message = None
@@ -249,6 +298,8 @@ class ResponsesStream(ChunkTranslator):
             status = "completed" if item.closed else "incomplete"
             if item.kind == "message":
                 output.append(message_item(item.id, item.text, status))
+            elif item.kind == "reasoning":
+                output.append(reasoning_item(item.id, item.text, status))
             else:
                 output.append(
                     call_item(

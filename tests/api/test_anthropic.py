@@ -10,7 +10,15 @@ import httpx2
 import pytest
 
 from qwenproxy import create_app
-from tests.fake_upstream import USAGE_CHUNK, chunk, reply_endless_stream, reply_error, reply_stream
+from tests.fake_upstream import (
+    USAGE_CHUNK,
+    chunk,
+    completion,
+    reply_endless_stream,
+    reply_error,
+    reply_json,
+    reply_stream,
+)
 
 MODEL = "claude-sonnet-4-6"
 WEATHER_TOOL = {
@@ -575,3 +583,49 @@ def test_a_client_leaving_mid_stream_closes_the_upstream(make_config, fake):
     assert fake.stream_closed.wait(2.0)
     [ctx] = finished
     assert ctx.status == 499
+
+
+THINKING_STREAM = [
+    chunk({"role": "assistant", "reasoning_content": "The user greets; "}),
+    chunk({"reasoning_content": "answer kindly."}),
+    chunk({"content": "Hello"}),
+    chunk({"content": "!"}, finish="stop"),
+    USAGE_CHUNK,
+]
+
+
+def test_streamed_reasoning_becomes_a_thinking_block_when_thinking_is_on(sdk, fake):
+    fake.script.append(reply_stream(THINKING_STREAM))
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:
+        starts = [event for event in stream if event.type == "content_block_start"]
+        message = stream.get_final_message()
+    assert [event.content_block.type for event in starts] == ["thinking", "text"]
+    assert message.content[0].type == "thinking"
+    assert message.content[0].thinking == "The user greets; answer kindly."
+    assert message.content[1].text == "Hello!"
+    assert "thinking" not in fake.chat_requests[-1]["body"]  # the setting stays here
+
+
+def test_reasoning_is_left_out_when_the_client_did_not_ask_for_thinking(sdk, fake):
+    fake.script.append(reply_stream(THINKING_STREAM))
+    with sdk.messages.stream(
+        model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == "Hello!"
+
+
+def test_reasoning_of_a_whole_answer_comes_first_as_thinking(sdk, fake):
+    answer = completion("Hello!")
+    answer["choices"][0]["message"]["reasoning_content"] = "Be brief."
+    fake.script.append(reply_json(answer))
+    message = ask(sdk, thinking={"type": "adaptive"})
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "Be brief."
+    assert message.content[1].text == "Hello!"

@@ -361,3 +361,32 @@ def test_a_finished_stream_is_recorded_as_a_success(make_config, fake):
     app.test_client().post("/v1/responses", json=body).get_data()
     [ctx] = finished
     assert ctx.status == 200 and ctx.error_code is None
+
+
+REASONING_STREAM = [
+    chunk({"role": "assistant", "reasoning_content": "List the steps, "}),
+    chunk({"reasoning_content": "then answer."}),
+    chunk({"content": "Done"}, finish="stop"),
+    USAGE_CHUNK,
+]
+
+
+def test_streamed_reasoning_is_a_reasoning_item_before_the_message(sdk, fake):
+    fake.script.append(reply_stream(REASONING_STREAM))
+    with sdk.responses.stream(model=MODEL, input="plan it") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+        final = stream.get_final_response()
+    assert deltas == ["List the steps, ", "then answer."]
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "List the steps, then answer."
+    assert final.output_text == "Done"
+
+
+def test_reasoning_of_a_whole_answer_is_a_reasoning_item(sdk, fake):
+    answer = completion("Done")
+    answer["choices"][0]["message"]["reasoning"] = "Short plan."  # OpenRouter's field
+    fake.script.append(reply_json(answer))
+    response = sdk.responses.create(model=MODEL, input="plan it")
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output[0].content[0].text == "Short plan."
+    assert response.output_text == "Done"
