@@ -82,6 +82,15 @@ class MethodNotAllowedError(ProxyError):
     code = "method_not_allowed"
 
 
+class ClientGoneError(ProxyError):
+    """The client closed its connection while the proxy waited for the upstream: the wait
+    ends and the upstream connection is closed. Recorded as 499; nobody reads the body."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
 class PayloadTooLargeError(ProxyError):
     status = 413
     type = "invalid_request_error"

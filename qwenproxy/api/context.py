@@ -3,6 +3,7 @@ per-request context (client, session) handed to the pipeline."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from qwenproxy.services.completions import Completion, RequestContext, Streaming
 from qwenproxy.services.container import Services
 from qwenproxy.services.pipeline_frames import StreamTranslator, translate_frames
 from qwenproxy.services.sessions import session_id_for
+from qwenproxy.services.transport import peer_closed
 
 
 def services() -> Services:
@@ -71,10 +73,17 @@ def translated_door(
 
 def request_context(requested_model: str | None = None) -> RequestContext:
     """The pipeline's context for this request; front doors that translate model names
-    pass the name their client sent, so the ledger shows it."""
+    pass the name their client sent, so the ledger shows it. Under gunicorn the pipeline
+    can also tell whether the client has left (from its socket)."""
     client_id = g.client_id
     session = session_id_for(client_id, request.headers.get("X-Session-ID"))
-    return RequestContext(client_id, session, requested_model=requested_model)
+    sock = request.environ.get("gunicorn.socket")
+    return RequestContext(
+        client_id,
+        session,
+        requested_model=requested_model,
+        client_gone=None if sock is None else functools.partial(peer_closed, sock),
+    )
 
 
 def require_client_or_key_param() -> None:

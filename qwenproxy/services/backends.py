@@ -26,11 +26,13 @@ from qwenproxy.errors import (
 )
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
+from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+WaitHook = Callable[[], None]  # called while an upstream is awaited; raises to stop waiting
 # Headers of an upstream answer worth passing to the client.
 PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id")
 
@@ -217,9 +219,13 @@ class Backend(Protocol):
 
     def seconds_until_ready(self) -> float: ...
 
-    def complete(self, body: dict[str, Any], account: int = 0) -> UpstreamReply: ...
+    def complete(
+        self, body: dict[str, Any], account: int = 0, while_waiting: WaitHook | None = None
+    ) -> UpstreamReply: ...
 
-    def stream(self, body: dict[str, Any], account: int = 0) -> UpstreamStream: ...
+    def stream(
+        self, body: dict[str, Any], account: int = 0, while_waiting: WaitHook | None = None
+    ) -> UpstreamStream: ...
 
 
 class OpenAICompatibleBackend:
@@ -287,8 +293,12 @@ class OpenAICompatibleBackend:
 
     # --- calls ----------------------------------------------------------------------
 
-    def complete(self, body: dict[str, Any], account: int = 0) -> UpstreamReply:
-        response = self._send(body, stream=False, account=account)
+    def complete(
+        self, body: dict[str, Any], account: int = 0, while_waiting: WaitHook | None = None
+    ) -> UpstreamReply:
+        """The upstream's answer. `while_waiting` is called about once a second while the
+        upstream has not begun to answer; what it raises (the client left) ends the wait."""
+        response = self._send(body, stream=False, account=account, while_waiting=while_waiting)
         try:
             raw = response.content
         except requests.RequestException as exc:
@@ -302,8 +312,10 @@ class OpenAICompatibleBackend:
             raise UpstreamError(f"Backend {self.name} failed: {message}")
         return UpstreamReply(parsed, _passed_headers(response))
 
-    def stream(self, body: dict[str, Any], account: int = 0) -> UpstreamStream:
-        response = self._send(body, stream=True, account=account)
+    def stream(
+        self, body: dict[str, Any], account: int = 0, while_waiting: WaitHook | None = None
+    ) -> UpstreamStream:
+        response = self._send(body, stream=True, account=account, while_waiting=while_waiting)
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
             message, _ = _error_detail(response)
@@ -315,7 +327,13 @@ class OpenAICompatibleBackend:
 
     # --- one attempt, plus one retry after an auth refusal ------------------------------
 
-    def _send(self, body: dict[str, Any], stream: bool, account: int) -> requests.Response:
+    def _send(
+        self,
+        body: dict[str, Any],
+        stream: bool,
+        account: int,
+        while_waiting: WaitHook | None = None,
+    ) -> requests.Response:
         credentials = self.accounts[account]
         payload = orjson.dumps(body)
         auth = credentials.auth()
@@ -328,7 +346,12 @@ class OpenAICompatibleBackend:
             }
             try:
                 response = post_prepared(
-                    self._http, auth.api_base + "/chat/completions", headers, payload, self._timeout
+                    self._http,
+                    auth.api_base + "/chat/completions",
+                    headers,
+                    payload,
+                    self._timeout,
+                    while_waiting,
                 )
             except requests.RequestException as exc:
                 raise self._transport_error(exc) from None
@@ -365,6 +388,7 @@ def post_prepared(
     headers: dict[str, str],
     payload: bytes,
     timeout: tuple[float, float],
+    while_waiting: WaitHook | None = None,
 ) -> requests.Response:
     """POST through the shared session's connection pool without `Session.request`'s
     per-call preparation (environment, cookies, hooks, redirects: none apply to an
@@ -378,7 +402,11 @@ def post_prepared(
     headers["Content-Length"] = str(len(payload))
     request.body = payload
     request.hooks = {"response": []}
-    response = http.get_adapter(url).send(request, stream=True, timeout=timeout)
+    adapter = http.get_adapter(url)
+    if while_waiting is not None and isinstance(adapter, LeanAdapter):
+        response = adapter.send(request, stream=True, timeout=timeout, while_waiting=while_waiting)
+    else:
+        response = adapter.send(request, stream=True, timeout=timeout)
     request.body = None  # sent: a long stream need not keep the request body alive
     return response
 

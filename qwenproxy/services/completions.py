@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from qwenproxy.errors import ProxyError, RateLimitError, UpstreamError
+from qwenproxy.errors import ClientGoneError, ProxyError, RateLimitError, UpstreamError
 from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
@@ -29,6 +29,7 @@ from qwenproxy.services.stream_relay import (
 from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, encode_data
 
 log = logging.getLogger(__name__)
+CLIENT_CHECK_S = 1.0  # during upstream silence, how often a stream looks for its client
 
 SYSTEM_ROLES = ("system", "developer")
 QUOTA_COOL_DOWN_S = 3600.0
@@ -88,9 +89,17 @@ class RequestContext:
     loop_detected: bool = False
     command_only: bool = False
     redactions: int = 0
+    # Whether the client has closed its connection (None: cannot tell, e.g. in tests).
+    client_gone: Callable[[], bool] | None = None
 
     def fail(self, error: ProxyError) -> None:
         self.status, self.error_code = error.status, error.code
+
+    def check_client(self) -> None:
+        """Raise ClientGoneError when the client has left (asked while an upstream is
+        awaited, so an abandoned request stops costing upstream time)."""
+        if self.client_gone is not None and self.client_gone():
+            raise ClientGoneError("The client closed the connection.")
 
 
 @dataclass
@@ -275,7 +284,8 @@ class CompletionService:
                 paused = target.backend.paused_answer(account)
                 if paused is not None:
                     raise paused
-                result = getattr(target.backend, call)(body, account)
+                waiting = ctx.check_client if ctx.client_gone is not None else None
+                result = getattr(target.backend, call)(body, account, waiting)
             except ProxyError as exc:
                 self._note_failure(target, account, exc)
                 if not _can_fail_over(exc):
@@ -364,11 +374,26 @@ class CompletionService:
         name = target.backend.name
         if self.accounting is not None:
             self.accounting.stream_opened()
+        keepalive = self.stream_keepalive
+        probe = ctx.client_gone
+        # Silence is waited out in steps: a keep-alive after `keepalive` seconds of it, and,
+        # when the client's connection can be watched, a look at it every second or so.
+        wait = keepalive if probe is None else min(keepalive or CLIENT_CHECK_S, CLIENT_CHECK_S)
+        silent = 0.0
         try:
-            for batch in upstream.batches(self.stream_keepalive):
+            for batch in upstream.batches(wait):
                 if batch is None:
-                    yield KEEPALIVE_FRAME
+                    if probe is not None and probe():
+                        ctx.status, ctx.error_code = 499, "client_disconnected"
+                        log.info("client left a silent stream from %s: closing it", name)
+                        completed = True
+                        return
+                    silent += wait or 0.0
+                    if keepalive and silent >= keepalive - 1e-6:
+                        silent = 0.0
+                        yield KEEPALIVE_FRAME
                     continue
+                silent = 0.0
                 out: list[bytes] = []  # what one upstream read gives: one write to the client
                 last = False
                 for event in batch:

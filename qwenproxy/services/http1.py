@@ -23,6 +23,7 @@ from requests.structures import CaseInsensitiveDict
 RECV_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_CHUNK_LINE = 4096
+WAIT_CHECK_SECONDS = 1.0  # how often a long wait for an answer asks `while_waiting`
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 BAD_HEADER_CHARS = re.compile(r"[\r\n\x00]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -313,10 +314,37 @@ class Unanswered(ConnectionResetError):
     """The connection ended before any byte of an answer."""
 
 
-def read_head(sock: socket.socket) -> tuple[int, str, CaseInsensitiveDict, bytearray, bool]:
+def _recv_checking(
+    sock: socket.socket, limit: float | None, while_waiting: Callable[[], None]
+) -> bytes:
+    """`sock.recv`, calling `while_waiting()` every WAIT_CHECK_SECONDS of silence (it may
+    raise to end the wait); TimeoutError once `limit` seconds passed without data."""
+    waited = 0.0
+    try:
+        while True:
+            step = WAIT_CHECK_SECONDS if limit is None else min(WAIT_CHECK_SECONDS, limit - waited)
+            sock.settimeout(max(step, 0.001))
+            started = time.monotonic()
+            try:
+                return sock.recv(RECV_SIZE)
+            except TimeoutError:
+                waited += time.monotonic() - started
+                if limit is not None and waited >= limit:
+                    raise
+                while_waiting()
+    finally:
+        sock.settimeout(limit)
+
+
+def read_head(
+    sock: socket.socket,
+    read_timeout: float | None = None,
+    while_waiting: Callable[[], None] | None = None,
+) -> tuple[int, str, CaseInsensitiveDict, bytearray, bool]:
     """Read up to the end of an answer's head: (status, reason, headers, leftover bytes,
     whether the connection stays open after the body). Informational (1xx) answers are
-    skipped."""
+    skipped. With `while_waiting`, a long wait calls it now and then (see
+    `_recv_checking`); the socket's timeout must then be `read_timeout`."""
     buf = bytearray()
     searched = 0
     answered = False  # any byte of an answer came back
@@ -327,7 +355,10 @@ def read_head(sock: socket.socket) -> tuple[int, str, CaseInsensitiveDict, bytea
                 raise ValueError("the answer's head is too large")
             searched = len(buf)
             try:
-                data = sock.recv(RECV_SIZE)
+                if while_waiting is None:
+                    data = sock.recv(RECV_SIZE)
+                else:
+                    data = _recv_checking(sock, read_timeout, while_waiting)
             except (ConnectionResetError, BrokenPipeError) as exc:
                 if answered or buf:
                     raise

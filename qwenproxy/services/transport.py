@@ -12,6 +12,7 @@ import ssl
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +43,7 @@ try:  # a zero-timeout readiness check needs no hub switch: use the real poll un
     _poll = get_original("select", "poll")
 except ImportError:  # pragma: no cover - gevent is a runtime dependency
     _poll = select.poll
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its sending side
 
 # Idle keep-alive sockets older than this are closed rather than reused: below the 60 s
 # idle timeout of common load balancers, so a reuse seldom races the server's own close.
@@ -88,12 +90,7 @@ class _Connection:
     def looks_dropped(self) -> bool:
         """An idle keep-alive socket that is readable was closed by the server (EOF) or
         got bytes nobody asked for: either way it must not carry another request."""
-        try:
-            poller = _poll()
-            poller.register(self.sock.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
-            return True
+        return _ready(self.sock) != 0
 
     def close(self) -> None:
         try:
@@ -134,7 +131,10 @@ class LeanAdapter(BaseAdapter):
         verify: bool | str = True,
         cert: Any = None,
         proxies: Any = None,
+        while_waiting: Callable[[], None] | None = None,
     ) -> requests.Response:
+        """requests' `send`, plus `while_waiting`: called about once a second while the
+        answer's head is awaited; whatever it raises ends the wait (and the connection)."""
         if cert:
             raise ValueError("qwenproxy's transport does not send client certificates")
         scheme, host, port, host_header, path = _target(request.url or "")
@@ -159,7 +159,9 @@ class LeanAdapter(BaseAdapter):
                     conn.sock.sendall(body)
                 else:
                     conn.sock.sendall(head + body if body else head)
-                status, reason, headers, rest, keep = read_head(conn.sock)
+                status, reason, headers, rest, keep = read_head(
+                    conn.sock, read_timeout, while_waiting
+                )
                 raw = LeanBody(
                     conn, self.checkin, method, status, headers, rest, keep, read_timeout
                 )
@@ -183,6 +185,9 @@ class LeanAdapter(BaseAdapter):
             except ValueError as exc:
                 conn.close()
                 raise ConnectionError(f"{host} sent a malformed answer: {exc}") from None
+            except BaseException:  # `while_waiting` ended the wait, or the greenlet is killed
+                conn.close()
+                raise
         response = requests.Response()
         response.status_code = status
         response.reason = reason
@@ -263,6 +268,34 @@ class LeanAdapter(BaseAdapter):
             context.set_alpn_protocols(["http/1.1"])
             self._contexts[verify] = context
         return context
+
+
+def _ready(sock: socket.socket) -> int:
+    """The socket's poll events right now (POLLIN, POLLHUP, ...), without waiting; POLLERR
+    for a socket that is already closed."""
+    try:
+        poller = _poll()
+        poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return select.POLLERR
+    return events[0][1] if events else 0
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end of a connection closed it (or shut down its sending side).
+    Bytes waiting to be read are not a close. Never waits."""
+    events = _ready(sock)
+    if not events:
+        return False
+    if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL | _POLLRDHUP):
+        return True
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""  # readable: at once, data or EOF
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _close_idle(idle: dict[tuple[Any, ...], deque[_Connection]]) -> None:

@@ -20,7 +20,7 @@ import requests
 
 from tests.conftest import write_creds
 from tests.e2e.conftest import openai_client
-from tests.fake_upstream import chunk, reply_endless_stream, reply_stream
+from tests.fake_upstream import chunk, reply_endless_stream, reply_hang, reply_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -82,6 +82,50 @@ def test_two_hundred_disconnects_leak_no_sockets(start_proxy, fake):
     # Every upstream stream gets closed once its client is gone.
     assert wait_for(lambda: open_fds(pid) <= baseline + 2, timeout=10), (
         f"fds: {baseline} before, {open_fds(pid)} after")
+
+
+def send_then_leave(port: int, body: dict, read_until: bytes | None, sent: callable) -> None:
+    """Send a chat request over a raw socket, read until `read_until` (if any) or until
+    `sent()` says the upstream has it, then close the connection."""
+    raw = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: "
+                     + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+        received = b""
+        while read_until is not None and read_until not in received:
+            data = sock.recv(4096)
+            assert data, "the proxy closed first"
+            received += data
+        assert wait_for(sent, timeout=5)
+
+
+def recorded_statuses(proxy) -> list[int]:
+    rows = requests.get(proxy.url + "/usage/recent", timeout=5).json().get("data", [])
+    return [row["status"] for row in rows]
+
+
+def test_client_leaving_a_long_wait_ends_it_at_once(start_proxy, fake):
+    """A non-stream request is one long wait for the whole answer: a client that gives up
+    (a cancelled agent) must not keep the upstream busy until the answer comes."""
+    proxy = start_proxy()
+    fake.script.append(reply_hang(30))
+    send_then_leave(proxy.port, {"model": "m", "messages": USER}, None,
+                    lambda: len(fake.chat_requests) == 1)
+    left = time.monotonic()
+    assert wait_for(lambda: 499 in recorded_statuses(proxy), timeout=10)
+    assert time.monotonic() - left < 4  # checked about once a second, not after 30 s
+
+
+def test_client_leaving_a_silent_stream_ends_it_before_the_next_ping(start_proxy, fake):
+    proxy = start_proxy(STREAM_KEEPALIVE="60")
+    events = [chunk({"role": "assistant", "content": "first"}), chunk({"content": "late"})]
+    fake.script.append(reply_stream(events, delay=30))  # then 30 s of silence
+    send_then_leave(proxy.port, {"model": "m", "stream": True, "messages": USER},
+                    b'"first"', lambda: True)
+    left = time.monotonic()
+    assert wait_for(lambda: 499 in recorded_statuses(proxy), timeout=10)
+    assert time.monotonic() - left < 4
 
 
 def test_graceful_shutdown_lets_streams_finish_and_refuses_new_connections(start_proxy, fake):

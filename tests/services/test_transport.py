@@ -14,8 +14,8 @@ import pytest
 import requests
 import trustme
 
-from qwenproxy.services import transport
-from qwenproxy.services.transport import LeanAdapter
+from qwenproxy.services import http1, transport
+from qwenproxy.services.transport import LeanAdapter, peer_closed
 
 Handler = Callable[["RawServer", socket.socket], None]
 
@@ -412,3 +412,69 @@ def test_https_refuses_an_unknown_certificate_authority(serve, http, ca):
     server = serve(answer_forever(json_answer(b"{}")), tls=tls_server_context(ca))
     with pytest.raises(requests.exceptions.SSLError):
         http.post(server.url, data=b"{}", timeout=(5, 5))  # certifi's bundle: not our CA
+
+
+# --- waiting for an answer while the client may leave -----------------------------------------
+
+
+class ClientLeft(Exception):
+    pass
+
+
+def test_a_long_wait_for_the_answer_asks_while_waiting_and_stops_when_told(
+    serve, http, monkeypatch
+):
+    monkeypatch.setattr(http1, "WAIT_CHECK_SECONDS", 0.05)
+    hung_up = threading.Event()
+
+    def never_answer(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        if sock.recv(1) == b"":  # the proxy side closed the connection
+            hung_up.set()
+
+    server = serve(never_answer)
+    asked = []
+
+    def while_waiting() -> None:
+        asked.append(1)
+        if len(asked) == 3:
+            raise ClientLeft
+
+    request = requests.Request("POST", server.url, data=b"{}").prepare()
+    adapter = http.get_adapter(server.url)
+    with pytest.raises(ClientLeft):
+        adapter.send(request, stream=True, timeout=(5, 5), while_waiting=while_waiting)
+    assert len(asked) == 3
+    assert hung_up.wait(5)  # the upstream connection is closed, not pooled
+
+
+def test_while_waiting_keeps_the_read_timeout(serve, http, monkeypatch):
+    monkeypatch.setattr(http1, "WAIT_CHECK_SECONDS", 0.05)
+
+    def never_answer(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.recv(1)
+
+    server = serve(never_answer)
+    request = requests.Request("POST", server.url, data=b"{}").prepare()
+    asked = []
+    with pytest.raises(requests.ReadTimeout):
+        http.get_adapter(server.url).send(
+            request, stream=True, timeout=(5, 0.3), while_waiting=lambda: asked.append(1)
+        )
+    assert 3 <= len(asked) <= 6
+
+
+def test_peer_closed_tells_a_close_from_waiting_bytes():
+    for how in ("close", "shutdown"):
+        ours, theirs = socket.socketpair()
+        with ours:
+            assert not peer_closed(ours)
+            theirs.sendall(b"next request")  # pipelined bytes are not a close
+            assert not peer_closed(ours)
+            if how == "close":
+                theirs.close()
+            else:
+                theirs.shutdown(socket.SHUT_WR)
+            assert peer_closed(ours), how
+            theirs.close()
