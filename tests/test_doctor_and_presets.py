@@ -46,6 +46,7 @@ def test_each_preset_reaches_its_upstream_with_its_alias_and_only_its_key(
     sent = fake_b.chat_requests[-1]
     assert sent["body"]["model"] == upstream_model
     assert sent["headers"]["authorization"] == "Bearer sk-dash-1"
+    assert sent["headers"]["user-agent"].startswith("qwenproxy/")  # some API fronts want one
     assert not any(h.startswith("x-dashscope") for h in sent["headers"])
     assert fake.chat_requests == []
     ids = [m["id"] for m in app.test_client().get("/v1/models").json["data"]]

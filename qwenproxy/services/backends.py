@@ -17,6 +17,7 @@ import orjson
 import requests
 from urllib3.exceptions import ReadTimeoutError  # how requests' own adapter reports one
 
+from qwenproxy import __version__
 from qwenproxy.errors import (
     OAuthAccessEndedError,
     ProxyError,
@@ -32,6 +33,7 @@ from qwenproxy.sse import SSEDecoder, SSEEvent
 log = logging.getLogger(__name__)
 
 MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = f"qwenproxy/{__version__}"  # qwen-oauth sends qwen-code's own instead
 WaitHook = Callable[[], None]  # called while an upstream is awaited; raises to stop waiting
 # Headers of an upstream answer worth passing to the client.
 PASSED_RESPONSE_HEADERS = ("retry-after", "x-request-id")
@@ -158,9 +160,10 @@ class UpstreamStream:
         self._iter_content = None if hasattr(self._raw, "read_chunk") else response.iter_content
         self._backend = backend
 
-    def batches(self, keepalive: float | None = None) -> Iterator[list[SSEEvent] | None]:
+    def batches(self, quiet: float | None = None) -> Iterator[list[SSEEvent] | None]:
         """The events of each network read, together (so they can leave in one write);
-        `None` each time the upstream stayed silent for `keepalive` seconds."""
+        `None` each time `quiet` seconds passed without an event — silence, or only SSE
+        comments (OpenRouter's `: OPENROUTER PROCESSING`), which give the client nothing."""
         decoder = SSEDecoder()
         try:
             if self._iter_content is not None:  # another transport: no keep-alive waits
@@ -170,16 +173,22 @@ class UpstreamStream:
                         yield events
             else:
                 read_chunk = self._raw.read_chunk
+                clock = time.monotonic
+                last = clock()  # when something (events or None) was last handed out
                 while True:
-                    chunk = read_chunk(keepalive)
-                    if chunk is None:
-                        yield None
-                        continue
-                    if not chunk:
+                    if quiet:
+                        chunk = read_chunk(max(quiet - (clock() - last), 0.001))
+                    else:
+                        chunk = read_chunk(None)
+                    if chunk == b"":
                         break
-                    events = decoder.feed(chunk)
+                    events = decoder.feed(chunk) if chunk else None
                     if events:
                         yield events
+                        last = clock()
+                    elif quiet and clock() - last >= quiet:
+                        yield None
+                        last = clock()
         except requests.RequestException as exc:
             if _is_timeout(exc):
                 raise UpstreamTimeoutError(
@@ -398,6 +407,8 @@ def post_prepared(
     request.method = "POST"
     request.url = url
     # The lean transport reads the headers once, in order: a plain dict will do.
+    if "User-Agent" not in headers:  # some API fronts refuse requests without one
+        headers["User-Agent"] = USER_AGENT
     request.headers = headers  # type: ignore[assignment]
     headers["Content-Length"] = str(len(payload))
     request.body = payload

@@ -43,7 +43,8 @@ class _Item:
 class ResponsesStream(ChunkTranslator):
     """A chat-completions stream, chunk by chunk, as Responses events (each with its
     `sequence_number`): response.created, response.in_progress; per reasoning item
-    output_item.added, reasoning_text.delta…, reasoning_text.done, output_item.done; per
+    output_item.added, content_part.added, reasoning_text.delta…, reasoning_text.done,
+    content_part.done, output_item.done; per
     message item
     output_item.added, content_part.added, output_text.delta…, output_text.done,
     content_part.done, output_item.done; per function call output_item.added,
@@ -114,6 +115,15 @@ class ResponsesStream(ChunkTranslator):
                     "response.output_item.added",
                     output_index=item.output_index,
                     item=reasoning_item(item.id, "", "in_progress"),
+                )
+            )
+            out.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item.id,
+                    output_index=item.output_index,
+                    content_index=0,
+                    part={"type": "reasoning_text", "text": ""},
                 )
             )
         item.text += text
@@ -260,6 +270,13 @@ class ResponsesStream(ChunkTranslator):
                 output_index=item.output_index,
                 content_index=0,
                 text=item.text,
+            ),
+            self._event(
+                "response.content_part.done",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=0,
+                part={"type": "reasoning_text", "text": item.text},
             ),
             self._event(
                 "response.output_item.done",

@@ -370,3 +370,28 @@ def test_metric_labels_stay_bounded_for_made_up_model_names(client, fake):
     text = client.get("/metrics").get_data(as_text=True)
     assert "made-up-model-7f3a" not in text
     assert 'model="other"' in text and 'model="coder-model"' in text
+
+
+def test_upstream_comments_alone_do_not_hold_back_keepalives(make_config, fake):
+    """OpenRouter sends `: OPENROUTER PROCESSING` while a model thinks: bytes, but nothing
+    for the client, so the client still needs its pings."""
+    import gevent
+
+    def processing_then_answer(f, r):
+        def body():
+            for _ in range(12):
+                yield b": OPENROUTER PROCESSING\n\n"
+                gevent.sleep(0.05)
+            for event in (chunk({"content": "ok"}), chunk({}, finish="stop")):
+                yield f"data: {json.dumps(event)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return "200 OK", [("Content-Type", "text/event-stream")], body()
+
+    fake.script.append(processing_then_answer)
+    client = create_app(make_config(stream_keepalive=0.2)).test_client()
+    response = post(client, {"messages": USER, "stream": True})
+    frames = response.get_data().split(b"\n\n")
+    assert frames.count(b": ping") >= 2  # ~0.6 s of comments, a ping every 0.2 s
+    assert b"OPENROUTER" not in response.get_data()
+    assert frames[-2] == b"data: [DONE]"
