@@ -50,6 +50,7 @@ class AnthropicStream(ChunkTranslator):
         self._next_index = 0
         self._text_index: int | None = None  # the open text block
         self._thinking_index: int | None = None  # the open thinking block
+        self._held = ""  # leading blank text, held so that thinking can come first
         self._tools: dict[int, _ToolBlock] = {}  # by the upstream's tool-call index
         self._open_tool: _ToolBlock | None = None
         self._finish: Any = None
@@ -82,7 +83,8 @@ class AnthropicStream(ChunkTranslator):
         self._matched_stop = choice.get("stop_reason")
 
     def done(self) -> list[bytes]:
-        out = self._close_open()
+        out = self._text_delta(self._held) if self._held else []  # only blank text came
+        out.extend(self._close_open())
         for tool in self._tools.values():  # named never: still owed to the client
             if not tool.closed:
                 out.extend(self._start_tool(tool))
@@ -111,6 +113,7 @@ class AnthropicStream(ChunkTranslator):
     def _reasoning(self, text: str) -> list[bytes]:
         if not self.request.thinking:
             return []
+        self._held = ""  # blank text before the thinking: Anthropic's answers start with it
         out: list[bytes] = []
         if self._thinking_index is None:
             out.extend(self._close_open())
@@ -131,6 +134,14 @@ class AnthropicStream(ChunkTranslator):
         return out
 
     def _text(self, text: str) -> list[bytes]:
+        if self.request.thinking and self._next_index == 0 and not text.strip():
+            self._held += text
+            return []
+        if self._held:
+            text, self._held = self._held + text, ""
+        return self._text_delta(text)
+
+    def _text_delta(self, text: str) -> list[bytes]:
         out: list[bytes] = []
         if self._text_index is None:
             out.extend(self._close_open())

@@ -629,3 +629,30 @@ def test_reasoning_of_a_whole_answer_comes_first_as_thinking(sdk, fake):
     assert [block.type for block in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == "Be brief."
     assert message.content[1].text == "Hello!"
+
+
+def test_blank_text_before_the_reasoning_does_not_push_thinking_second(sdk, fake):
+    events = [chunk({"role": "assistant", "content": "\n\n"}), *THINKING_STREAM]
+    fake.script.append(reply_stream(events))
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:
+        message = stream.get_final_message()
+    assert [block.type for block in message.content] == ["thinking", "text"]
+    assert message.content[1].text == "Hello!"
+
+
+def test_an_answer_of_blank_text_only_still_arrives(sdk, fake):
+    events = [chunk({"role": "assistant", "content": "\n"}), chunk({}, finish="stop")]
+    fake.script.append(reply_stream(events))
+    with sdk.messages.stream(
+        model=MODEL,
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "hi"}],
+    ) as stream:
+        message = stream.get_final_message()
+    assert [(block.type, block.text) for block in message.content] == [("text", "\n")]
