@@ -1,0 +1,186 @@
+"""How one configuration value is read: a parser per kind of value (numbers, durations,
+URLs, key lists, JSON tables), each raising `ConfigError` that names the variable."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def parse_int(name: str, raw: str, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ConfigError(name, f"must be {bound}, got {value}")
+    return value
+
+
+def parse_seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(name, f"expected a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(name, f"must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def parse_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value) <= len("https://"):
+        raise ConfigError(name, f"expected an http:// or https:// URL, got {raw!r}")
+    return value
+
+
+def parse_log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(name, f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return value
+
+
+def parse_keys(name: str, raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    for key in keys:
+        if any(ch.isspace() for ch in key):
+            raise ConfigError(name, "a key may not contain whitespace")
+    return keys
+
+
+def parse_paths(name: str, raw: str) -> tuple[Path, ...]:
+    paths = tuple(Path(p.strip()).expanduser() for p in raw.split(",") if p.strip())
+    if not paths:
+        raise ConfigError(name, "expected at least one path")
+    return paths
+
+
+def parse_backend(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if not value:
+        raise ConfigError(name, "must name a backend")
+    return value
+
+
+def parse_text(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigError(name, "must not be empty")
+    return value
+
+
+def parse_prefix(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not 2 <= len(value) <= 10 or not value.isprintable() or any(c.isspace() for c in value):
+        raise ConfigError(name, f"must be 2-10 printable characters without spaces, got {raw!r}")
+    return value
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds, or a number with s/m/h/d (`90`, `30m`, `24h`, `7d`)."""
+    value = raw.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    factor = 1
+    if value and value[-1] in units:
+        factor, value = units[value[-1]], value[:-1]
+    try:
+        seconds = float(value) * factor
+    except ValueError:
+        raise ConfigError(
+            name, f"expected a duration such as 90, 30m, 24h or 7d, got {raw!r}"
+        ) from None
+    if not seconds > 0:
+        raise ConfigError(name, f"must be a positive duration, got {raw!r}")
+    return seconds
+
+
+def parse_choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ConfigError(name, f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def parse_json_or_file(name: str, raw: str) -> Any:
+    """Inline JSON, or the path of a file that holds it."""
+    text = raw.strip()
+    if not text.startswith(("{", "[")):
+        path = Path(text).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(
+                name, f"is neither JSON nor a readable file ({exc.strerror})"
+            ) from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(name, f"is not valid JSON: {exc}") from None
+
+
+def parse_aliases(name: str, raw: str) -> dict[str, dict[str, str]]:
+    value = parse_json_or_file(name, raw)
+    if not isinstance(value, dict) or not all(
+        isinstance(table, dict)
+        and all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in table.items())
+        for table in value.values()
+    ):
+        raise ConfigError(name, 'expected {"<backend>": {"<alias>": "<upstream model>"}}')
+    return {backend.strip().lower(): dict(table) for backend, table in value.items()}
+
+
+def parse_routes(name: str, raw: str) -> dict[str, dict[str, Any]]:
+    value = parse_json_or_file(name, raw)
+    shape = 'expected {"<route>": {"policy": "k|m|km|mk", "elements": ["backend:model", ...]}}'
+    if not isinstance(value, dict):
+        raise ConfigError(name, shape)
+    routes: dict[str, dict[str, Any]] = {}
+    for route, spec in value.items():
+        if isinstance(spec, list):
+            spec = {"policy": "m", "elements": spec}
+        if (
+            not isinstance(spec, dict)
+            or spec.get("policy", "m") not in ("k", "m", "km", "mk")
+            or not isinstance(spec.get("elements"), list)
+            or not all(isinstance(e, str) and e.strip() for e in spec["elements"])
+        ):
+            raise ConfigError(name, f"route {route!r}: {shape}")
+        routes[str(route)] = {"policy": spec.get("policy", "m"), "elements": list(spec["elements"])}
+    return routes
+
+
+def parse_model_map(name: str, raw: str) -> dict[str, str]:
+    """`backend:model` for every vendor model name, or a JSON object of glob -> model."""
+    text = raw.strip()
+    if not text.startswith("{"):
+        return {"*": parse_text(name, text)}
+    value = parse_json_or_file(name, text)
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str) and v.strip() for v in value.values()
+    ):
+        raise ConfigError(name, 'expected "backend:model" or {"claude-*": "backend:model"}')
+    return {str(k): v.strip() for k, v in value.items()}
