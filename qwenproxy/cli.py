@@ -105,7 +105,7 @@ def _token_manager(config: Config, path: Path):
 
     return QwenTokenManager(
         CredentialsFile(path),
-        make_http_session(),
+        make_http_session(config),
         config.qwen_oauth_url,
         config.qwen_api_base,
     )
@@ -157,7 +157,9 @@ def cmd_auth_login(config: Config, args: argparse.Namespace) -> int:
     from qwenproxy.services.qwen_auth import DeviceFlowLogin
 
     path = config.qwen_oauth_creds[0]
-    login = DeviceFlowLogin(make_http_session(), config.qwen_oauth_url, CredentialsFile(path))
+    login = DeviceFlowLogin(
+        make_http_session(config), config.qwen_oauth_url, CredentialsFile(path)
+    )
     try:
         auth = login.start()
         print("Open this address in a browser and approve the login:")

@@ -23,12 +23,15 @@ from qwenproxy.config_values import (
     parse_bool,
     parse_choice,
     parse_duration,
+    parse_file,
+    parse_host_list,
     parse_int,
     parse_keys,
     parse_log_level,
     parse_model_map,
     parse_paths,
     parse_prefix,
+    parse_proxy_url,
     parse_routes,
     parse_seconds,
     parse_text,
@@ -53,6 +56,7 @@ class Setting:
     default: str | None
     parse: Callable[[str, str], Any]
     help: str
+    also: tuple[str, ...] = ()  # conventional names read when `env` is not set
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -127,6 +131,29 @@ SETTINGS: tuple[Setting, ...] = (
         "300",
         parse_seconds,
         "seconds an upstream may stay silent",
+    ),
+    Setting(
+        "UPSTREAM_PROXY",
+        "upstream_proxy",
+        None,
+        parse_proxy_url,
+        "HTTP proxy that HTTPS upstreams are reached through (CONNECT)",
+        also=("HTTPS_PROXY", "https_proxy"),
+    ),
+    Setting(
+        "UPSTREAM_NO_PROXY",
+        "upstream_no_proxy",
+        None,
+        parse_host_list,
+        "hosts, .domains or networks reached without the proxy (loopback always is)",
+        also=("NO_PROXY", "no_proxy"),
+    ),
+    Setting(
+        "UPSTREAM_CA_BUNDLE",
+        "upstream_ca_bundle",
+        None,
+        parse_file,
+        "PEM file of the CAs trusted for upstream TLS (instead of certifi's bundle)",
     ),
     Setting(
         "MAX_BODY_BYTES",
@@ -337,6 +364,9 @@ class Config:
     qwen_user_agent: str | None = None
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
+    upstream_proxy: str | None = field(default=None, repr=False)  # may hold a password
+    upstream_no_proxy: tuple[str, ...] = ()
+    upstream_ca_bundle: Path | None = None
     max_body_bytes: int = 10 * 1024 * 1024
     trust_proxy_headers: bool = False
     graceful_timeout: float = 30.0
@@ -368,7 +398,8 @@ class Config:
     failover_routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     anthropic_model_map: Mapping[str, str] = field(default_factory=dict)
     custom_backends: tuple[CustomBackend, ...] = field(default=(), repr=False)
-    # Where each variable's value came from: "env", ".env" or "default".
+    # Where each variable's value came from: "env", ".env" or "default" (with the
+    # conventional name that gave it, e.g. "env HTTPS_PROXY").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -385,16 +416,20 @@ class Config:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for setting in SETTINGS:
-            if setting.env in env:
-                raw, source = env[setting.env], "env"
-            elif dotenv.get(setting.env) is not None:
-                raw, source = dotenv[setting.env], ".env"
+            names = (setting.env, *setting.also)
+            in_env = next((n for n in names if n in env), None)
+            in_dotenv = next((n for n in names if dotenv.get(n) is not None), None)
+            name = setting.env
+            if in_env is not None:
+                raw, source, name = env[in_env], "env", in_env
+            elif in_dotenv is not None:
+                raw, source, name = dotenv[in_dotenv], ".env", in_dotenv
             else:
                 raw, source = setting.default, "default"
-            sources[setting.env] = source
+            sources[setting.env] = source if name == setting.env else f"{source} {name}"
             if raw is None:
                 continue
-            values[setting.attr] = setting.parse(setting.env, raw)
+            values[setting.attr] = setting.parse(name, raw)
         merged = {k: v for k, v in dotenv.items() if v is not None}
         origin = {k: ".env" for k in merged}
         for key in env:

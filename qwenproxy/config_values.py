@@ -184,3 +184,36 @@ def parse_model_map(name: str, raw: str) -> dict[str, str]:
     ):
         raise ConfigError(name, 'expected "backend:model" or {"claude-*": "backend:model"}')
     return {str(k): v.strip() for k, v in value.items()}
+
+
+def parse_proxy_url(name: str, raw: str) -> str:
+    """`http://[user:password@]host[:port]`: an HTTP proxy for upstream calls."""
+    value = raw.strip()
+    if not value:
+        return ""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        value, scheme, rest = f"http://{value}", "http", value
+    if scheme.lower() != "http":
+        raise ConfigError(
+            name, f"only http:// proxies are supported (HTTPS goes through them), got {scheme}://"
+        )
+    host = rest.rpartition("@")[2].split("/", 1)[0]
+    if not host or host.startswith(":"):
+        raise ConfigError(name, "expected http://host:port")
+    port = host.rpartition(":")[2] if ":" in host.lstrip("[").rpartition("]")[2] else ""
+    if port and not port.isdigit():
+        raise ConfigError(name, "the proxy's port must be a number")
+    return value
+
+
+def parse_host_list(name: str, raw: str) -> tuple[str, ...]:
+    """NO_PROXY style: host names, `.domain` suffixes, IP addresses or networks, or `*`."""
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
+def parse_file(name: str, raw: str) -> Path:
+    path = Path(raw.strip()).expanduser()
+    if not path.is_file():
+        raise ConfigError(name, f"no such file: {path}")
+    return path

@@ -245,3 +245,38 @@ def test_a_custom_backend_may_not_take_a_builtin_name():
         Config.from_env(environ={"BACKEND_DASHSCOPE_BASE_URL": "https://x.test/v1"},
                         dotenv_path=None)
     assert "BACKEND_DASHSCOPE_BASE_URL" in str(caught.value)
+
+
+def test_upstream_proxy_takes_the_conventional_variables_too(tmp_path: Path) -> None:
+    config = Config.from_env(
+        environ={
+            "HTTPS_PROXY": "http://u:p@proxy.corp:3128",
+            "NO_PROXY": "Internal.corp, 10.0.0.0/8",
+        },
+        dotenv_path=None,
+    )
+    assert config.upstream_proxy == "http://u:p@proxy.corp:3128"
+    assert config.upstream_no_proxy == ("internal.corp", "10.0.0.0/8")
+    assert config.sources["UPSTREAM_PROXY"] == "env HTTPS_PROXY"
+    assert "u:p" not in repr(config)
+    mine = Config.from_env(
+        environ={"UPSTREAM_PROXY": "proxy.mine:8080", "https_proxy": "http://other:1"},
+        dotenv_path=None,
+    )
+    assert mine.upstream_proxy == "http://proxy.mine:8080"
+    assert mine.sources["UPSTREAM_PROXY"] == "env"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("UPSTREAM_PROXY", "socks5://proxy:1080"),
+        ("HTTPS_PROXY", "https://proxy:443"),
+        ("UPSTREAM_PROXY", "http://proxy:port"),
+        ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
+    ],
+)
+def test_bad_proxy_settings_name_the_variable_that_holds_them(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={variable: value}, dotenv_path=None)
+    assert caught.value.variable == variable

@@ -220,3 +220,39 @@ def test_doctor_with_no_backend_at_all_names_the_keys(tmp_path):
                      "QWENPROXY_DATA_DIR": str(tmp_path / "d")}, tmp_path)
     assert result.returncode == 1
     assert "auth login" in result.stdout
+
+
+def test_a_refusing_upstream_proxy_is_a_502_that_names_it_and_hides_the_password(make_config):
+    from tests.services.test_transport import TunnelingProxy
+
+    proxy = TunnelingProxy("user:right-pass")
+    wrong = f"http://user:wrong-pass@127.0.0.1:{proxy.port}"
+    app = create_app(
+        make_config(
+            dashscope_api_keys=("sk-dash-1",),
+            dashscope_base_url="https://upstream.test/v1",
+            upstream_proxy=wrong,
+        )
+    )
+    response = chat(app.test_client(), "dashscope:qwen3-coder-plus")
+    proxy.close()
+    assert response.status_code == 502
+    message = response.json["error"]["message"]
+    assert "407" in message and f"127.0.0.1:{proxy.port}" in message
+    assert "wrong-pass" not in message
+    assert proxy.connects and proxy.connects[0].startswith(b"CONNECT upstream.test:443 ")
+
+
+def test_doctor_shows_the_upstream_proxy_without_its_password():
+    from qwenproxy.services.doctor import describe_setting
+
+    config = Config(upstream_proxy="http://me:hunter2@proxy.corp:3128")
+    shown = describe_setting(config, "UPSTREAM_PROXY", "upstream_proxy")
+    assert shown == "http://me:***@proxy.corp:3128"
+
+
+def test_the_upstream_proxy_password_is_among_the_secrets_kept_out_of_logs():
+    from qwenproxy.services.container import secrets_of
+
+    config = Config(upstream_proxy="http://me:p%40ss-w0rd@proxy.corp:3128")
+    assert "p@ss-w0rd" in list(secrets_of(config, [])())

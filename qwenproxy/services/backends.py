@@ -388,6 +388,8 @@ class OpenAICompatibleBackend:
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
         if _is_timeout(exc):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
+        if isinstance(exc, requests.exceptions.ProxyError):  # its text names no credentials
+            return UpstreamError(f"Could not reach backend {self.name}: {exc}.")
         return UpstreamError(f"Could not reach backend {self.name}.")
 
 

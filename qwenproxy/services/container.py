@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import requests
 
@@ -44,11 +45,17 @@ from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers q
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
 
 
-def make_http_session() -> requests.Session:
+def make_http_session(config: Config | None = None) -> requests.Session:
     """The one `requests.Session` of a process: pooled keep-alive connections through the
-    lean transport (services/transport.py), no automatic retries."""
+    lean transport (services/transport.py), no automatic retries; the upstream proxy and
+    CA bundle come from `config`."""
     session = requests.Session()
-    adapter = LeanAdapter(max_idle_per_host=POOL_SIZE)
+    adapter = LeanAdapter(
+        max_idle_per_host=POOL_SIZE,
+        proxy=config.upstream_proxy if config else None,
+        no_proxy=config.upstream_no_proxy if config else (),
+        ca_bundle=str(config.upstream_ca_bundle) if config and config.upstream_ca_bundle else None,
+    )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.trust_env = False  # upstream addresses come from our config only
@@ -85,6 +92,12 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
             yield from keys
         for custom in config.custom_backends:
             yield from custom.api_keys
+        if config.upstream_proxy:  # its password, if it has one
+            userinfo = config.upstream_proxy.partition("://")[2].rpartition("@")[0]
+            if ":" in userinfo:
+                password = userinfo.split(":", 1)[1]
+                yield password  # as written in the URL
+                yield unquote(password)  # as sent
         for manager in managers:
             try:
                 creds = manager.current()
@@ -102,7 +115,7 @@ def build_services(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Services:
-    http = http or make_http_session()
+    http = http or make_http_session(config)
     metrics = build_metrics(config.data_dir)
     timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
     user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()

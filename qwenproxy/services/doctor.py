@@ -46,12 +46,23 @@ class DoctorReport:
         }
 
 
+def without_password(url: str) -> str:
+    """A proxy URL fit to show: its password (if any) replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
 def describe_setting(config: Config, env: str, attr: str) -> str:
     value = getattr(config, attr)
     if env in SECRET_SETTINGS or env == "PROXY_API_KEY":
         return f"set ({len(value)} key{'s' if len(value) != 1 else ''})" if value else "unset"
-    if value is None or value == () or value == {}:
+    if value is None or value == () or value == {} or value == "":
         return "unset"
+    if env == "UPSTREAM_PROXY":
+        return without_password(value)
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value)
     return str(value)

@@ -5,7 +5,9 @@ certifi's bundle. The wire format is in services/http1.py.
 
 from __future__ import annotations
 
+import base64
 import functools
+import ipaddress
 import select
 import socket
 import ssl
@@ -14,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import certifi
 import requests
@@ -110,12 +112,25 @@ class LeanAdapter(BaseAdapter):
     without a second greenlet and without losing a byte: that is how the SSE relay sends
     keep-alives.
 
-    Scope: configured OpenAI-compatible HTTP(S) upstreams. No proxies, no client
-    certificates, bodies of bytes/str only, no redirects (the caller decides)."""
+    HTTPS upstreams can be reached through an HTTP proxy (`CONNECT` tunnels, with Basic
+    credentials from the proxy URL), except hosts in `no_proxy` and loopback; `ca_bundle`
+    replaces certifi's CAs (a company's TLS-inspecting proxy, say). Requests' own proxy
+    arguments are refused: the proxy is configuration, never a request's choice.
 
-    def __init__(self, max_idle_per_host: int = 100) -> None:
+    Scope: configured OpenAI-compatible HTTP(S) upstreams. No client certificates, bodies
+    of bytes/str only, no redirects (the caller decides)."""
+
+    def __init__(
+        self,
+        max_idle_per_host: int = 100,
+        proxy: str | None = None,
+        no_proxy: tuple[str, ...] = (),
+        ca_bundle: str | None = None,
+    ) -> None:
         super().__init__()
         self.max_idle_per_host = max_idle_per_host
+        self._proxy = TunnelProxy.from_url(proxy, no_proxy) if proxy else None
+        self._default_verify: bool | str = ca_bundle or True
         self._idle: dict[tuple[Any, ...], deque[_Connection]] = {}
         self._contexts: dict[Any, ssl.SSLContext] = {}
         # A dropped adapter (an app built and thrown away) still closes its idle sockets.
@@ -143,7 +158,10 @@ class LeanAdapter(BaseAdapter):
         connect_timeout, read_timeout = _timeouts(timeout)
         method = (request.method or "GET").upper()
         head, body = encode_request(method, path, host_header, request.headers, request.body)
-        key = (scheme, host, port, verify if scheme == "https" else None)
+        if verify is True:
+            verify = self._default_verify
+        tunnel = scheme == "https" and self._proxy is not None and self._proxy.applies_to(host)
+        key = (scheme, host, port, verify if scheme == "https" else None, tunnel)
 
         retried = False
         while True:
@@ -233,20 +251,28 @@ class LeanAdapter(BaseAdapter):
             conns.append(conn)
 
     def _connect(self, key: tuple[Any, ...], timeout: float | None) -> _Connection:
-        scheme, host, port, verify = key
+        scheme, host, port, verify, tunnel = key
+        proxy = self._proxy if tunnel else None
+        to_host, to_port = (proxy.host, proxy.port) if proxy else (host, port)
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((to_host, to_port), timeout=timeout)
         except TimeoutError:
-            raise ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            raise ConnectTimeout(f"connecting to {to_host}:{to_port} timed out") from None
         except OSError as exc:
-            raise ConnectionError(f"could not connect to {host}:{port}: {reason_of(exc)}") from None
+            error = requests.exceptions.ProxyError if proxy else ConnectionError
+            raise error(f"could not connect to {to_host}:{to_port}: {reason_of(exc)}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if proxy is not None:
+                proxy.open_tunnel(sock, host, port)
             if scheme == "https":
                 sock = self._tls_context(verify).wrap_socket(sock, server_hostname=host)
         except TimeoutError:
             sock.close()
             raise ConnectTimeout(f"the TLS handshake with {host}:{port} timed out") from None
+        except requests.exceptions.ProxyError:
+            sock.close()
+            raise
         except ssl.SSLError as exc:
             sock.close()
             raise SSLError(f"TLS with {host}:{port} failed: {exc.reason or exc}") from None
@@ -268,6 +294,79 @@ class LeanAdapter(BaseAdapter):
             context.set_alpn_protocols(["http/1.1"])
             self._contexts[verify] = context
         return context
+
+
+class TunnelProxy:
+    """An HTTP proxy that opens `CONNECT` tunnels to HTTPS upstreams."""
+
+    def __init__(self, host: str, port: int, authorization: str | None, bypass: tuple[str, ...]):
+        self.host = host
+        self.port = port
+        self._authorization = authorization  # "Basic …": never logged, never in an error
+        self._bypass = bypass
+
+    @classmethod
+    def from_url(cls, url: str, no_proxy: tuple[str, ...] = ()) -> TunnelProxy:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            raise ValueError("the upstream proxy must be an http:// URL")
+        authorization = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+        return cls(parts.hostname, parts.port or 80, authorization, no_proxy)
+
+    def applies_to(self, host: str) -> bool:
+        """False for loopback hosts and for hosts NO_PROXY names (host, .domain, IP,
+        network, or `*` for all)."""
+        host = host.lower().rstrip(".")
+        if host == "localhost" or host.endswith(".localhost"):
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is not None and address.is_loopback:
+            return False
+        for entry in self._bypass:
+            if entry == "*":
+                return False
+            name = entry.lstrip(".").rstrip(".")
+            if address is not None:
+                try:
+                    if address in ipaddress.ip_network(name, strict=False):
+                        return False
+                except ValueError:
+                    pass
+            elif host == name or host.endswith("." + name):
+                return False
+        return True
+
+    def open_tunnel(self, sock: socket.socket, host: str, port: int) -> None:
+        """Ask the proxy for a tunnel to host:port on `sock` (a fresh connection to it)."""
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+        if self._authorization:
+            lines.append(f"Proxy-Authorization: {self._authorization}")
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            status, reason, _, rest, _ = read_head(sock)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise requests.exceptions.ProxyError(
+                f"the upstream proxy {self.host}:{self.port} did not open a tunnel to {target}"
+            ) from None
+        if status == 407:
+            raise requests.exceptions.ProxyError(
+                f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
+                "put them in UPSTREAM_PROXY as http://user:password@host:port"
+            )
+        if not 200 <= status < 300 or rest:
+            raise requests.exceptions.ProxyError(
+                f"the upstream proxy {self.host}:{self.port} refused a tunnel to {target} "
+                f"(HTTP {status} {reason})"
+            )
 
 
 def _ready(sock: socket.socket) -> int:

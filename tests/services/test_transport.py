@@ -4,6 +4,7 @@ keep-alive waits, timeouts, TLS and malformed answers."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import socket
 import ssl
@@ -394,7 +395,7 @@ def ca():
 
 def tls_server_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(context)
+    ca.issue_cert("localhost", UPSTREAM_NAME).configure_cert(context)
     return context
 
 
@@ -478,3 +479,158 @@ def test_peer_closed_tells_a_close_from_waiting_bytes():
                 theirs.shutdown(socket.SHUT_WR)
             assert peer_closed(ours), how
             theirs.close()
+
+
+# --- through an HTTP proxy (CONNECT tunnels) --------------------------------------------------
+
+
+UPSTREAM_NAME = "upstream.test"  # only the proxy resolves it (to 127.0.0.1)
+
+
+def via_name(url: str) -> str:
+    return url.replace("://localhost:", f"://{UPSTREAM_NAME}:")
+
+
+class TunnelingProxy:
+    """A loopback HTTP proxy that answers CONNECT (optionally asking for credentials) and
+    relays bytes both ways; it records each CONNECT request's head. It resolves
+    UPSTREAM_NAME to 127.0.0.1, so that upstream is not "loopback" to the client."""
+
+    def __init__(self, credentials: str | None = None) -> None:
+        self.credentials = credentials
+        self.connects: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        auth = f"{self.credentials}@" if self.credentials else ""
+        return f"http://{auth}127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            piece = client.recv(4096)
+            if not piece:
+                client.close()
+                return
+            head += piece
+        self.connects.append(head)
+        if self.credentials:
+            wanted = "Basic " + base64.b64encode(self.credentials.encode()).decode()
+            if f"Proxy-Authorization: {wanted}".encode() not in head:
+                client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                client.close()
+                return
+        target = head.split(b" ")[1].decode()
+        host, _, port = target.rpartition(":")
+        address = "127.0.0.1" if host == UPSTREAM_NAME else host
+        upstream = socket.create_connection((address, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+        back.start()
+        self._pipe(client, upstream)
+        back.join(10)
+        client.close()
+        upstream.close()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):  # one side is done: end the other direction too
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def proxied_session(proxy: TunnelingProxy, bundle: str, no_proxy=()) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    adapter = LeanAdapter(proxy=proxy.url, no_proxy=no_proxy, ca_bundle=bundle)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+@pytest.fixture
+def bundle(ca, tmp_path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def test_https_upstreams_go_through_the_proxy_with_its_credentials(serve, ca, bundle):
+    server = serve(answer_forever(json_answer(b'{"via": "tunnel"}')), tls=tls_server_context(ca))
+    proxy = TunnelingProxy("corp user:s3cret pass")
+    with proxied_session(proxy, bundle) as http:
+        for _ in range(2):  # the CA bundle is the adapter's default: no verify= needed
+            answer = http.post(via_name(server.url), data=b"{}", timeout=(5, 5))
+            assert answer.json() == {"via": "tunnel"}
+    proxy.close()
+    assert len(proxy.connects) == 1  # one tunnel, kept alive for both requests
+    connect = proxy.connects[0]
+    assert connect.startswith(f"CONNECT {UPSTREAM_NAME}:{server.port} HTTP/1.1\r\n".encode())
+
+
+def test_a_proxy_asking_for_credentials_is_a_clear_error_without_them(serve, ca, bundle):
+    server = serve(answer_forever(json_answer(b"{}")), tls=tls_server_context(ca))
+    proxy = TunnelingProxy("user:right")
+    wrong = TunnelingProxy.__new__(TunnelingProxy)
+    wrong.credentials, wrong.port = "user:wrong-pass", proxy.port
+    with proxied_session(wrong, bundle) as http:
+        with pytest.raises(requests.exceptions.ProxyError) as caught:
+            http.post(via_name(server.url), data=b"{}", timeout=(5, 5))
+    proxy.close()
+    assert "407" in str(caught.value) and "UPSTREAM_PROXY" in str(caught.value)
+    assert "wrong-pass" not in str(caught.value)
+    assert server.connections == 0
+
+
+def test_no_proxy_hosts_and_plain_http_go_direct(serve, ca, bundle):
+    tls_server = serve(answer_forever(json_answer(b"{}")), tls=tls_server_context(ca))
+    plain = serve(answer_forever(json_answer(b"{}")))
+    proxy = TunnelingProxy()
+    with proxied_session(proxy, bundle) as http:
+        http.post(tls_server.url, data=b"{}", timeout=(5, 5))  # localhost: never proxied
+        http.post(plain.url, data=b"{}", timeout=(5, 5))
+    proxy.close()
+    assert proxy.connects == []
+    assert tls_server.connections == 1
+    assert plain.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "no_proxy", "proxied"),
+    [
+        ("dashscope.aliyuncs.com", (), True),
+        ("127.0.0.1", (), False),
+        ("localhost", (), False),
+        ("::1", (), False),
+        ("dashscope.aliyuncs.com", (".aliyuncs.com",), False),
+        ("dashscope.aliyuncs.com", ("aliyuncs.com",), False),
+        ("notaliyuncs.com", ("aliyuncs.com",), True),
+        ("10.1.2.3", ("10.0.0.0/8",), False),
+        ("11.1.2.3", ("10.0.0.0/8",), True),
+        ("openrouter.ai", ("*",), False),
+    ],
+)
+def test_which_hosts_the_proxy_serves(host, no_proxy, proxied):
+    proxy = transport.TunnelProxy.from_url("http://proxy.corp:3128", no_proxy)
+    assert proxy.applies_to(host) is proxied
