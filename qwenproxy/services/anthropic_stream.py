@@ -116,17 +116,8 @@ class AnthropicStream(ChunkTranslator):
         self._held = ""  # blank text before the thinking: Anthropic's answers start with it
         out: list[bytes] = []
         if self._thinking_index is None:
-            out.extend(self._close_open())
-            self._thinking_index = self._take_index()
-            out.append(
-                sse_event(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": self._thinking_index,
-                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-                    },
-                )
+            self._thinking_index, out = self._open_block(
+                {"type": "thinking", "thinking": "", "signature": ""}
             )
         out.append(
             self._delta(self._thinking_index, {"type": "thinking_delta", "thinking": text})
@@ -144,20 +135,17 @@ class AnthropicStream(ChunkTranslator):
     def _text_delta(self, text: str) -> list[bytes]:
         out: list[bytes] = []
         if self._text_index is None:
-            out.extend(self._close_open())
-            self._text_index = self._take_index()
-            out.append(
-                sse_event(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": self._text_index,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                )
-            )
+            self._text_index, out = self._open_block({"type": "text", "text": ""})
         out.append(self._delta(self._text_index, {"type": "text_delta", "text": text}))
         return out
+
+    def _open_block(self, block: dict[str, Any]) -> tuple[int, list[bytes]]:
+        """Close what is open, then start a content block: (its index, the events)."""
+        out = self._close_open()
+        index = self._take_index()
+        event = {"type": "content_block_start", "index": index, "content_block": block}
+        out.append(sse_event("content_block_start", event))
+        return index, out
 
     def _tool_at(self, position: int) -> _ToolBlock | None:
         return self._tools.get(position)

@@ -106,72 +106,56 @@ class ResponsesStream(ChunkTranslator):
 
     def _reasoning(self, text: str) -> list[bytes]:
         out: list[bytes] = []
-        item = self._thought
-        if item is None:
-            out.extend(self._close_open())
-            item = self._thought = self._new_item("reasoning", new_id("rs"))
-            out.append(
-                self._event(
-                    "response.output_item.added",
-                    output_index=item.output_index,
-                    item=reasoning_item(item.id, "", "in_progress"),
-                )
+        if self._thought is None:
+            self._thought, out = self._open_item_with_part(
+                "reasoning",
+                reasoning_item(new_id("rs"), "", "in_progress"),
+                {"type": "reasoning_text", "text": ""},
             )
-            out.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    content_index=0,
-                    part={"type": "reasoning_text", "text": ""},
-                )
-            )
-        item.text += text
-        out.append(
-            self._event(
-                "response.reasoning_text.delta",
-                item_id=item.id,
-                output_index=item.output_index,
-                content_index=0,
-                delta=text,
-            )
-        )
-        return out
+        return out + self._part_delta(self._thought, "response.reasoning_text.delta", text)
 
     def _text(self, text: str) -> list[bytes]:
         out: list[bytes] = []
-        item = self._message
-        if item is None:
-            out.extend(self._close_open())
-            item = self._message = self._new_item("message", new_id("msg"))
-            out.append(
-                self._event(
-                    "response.output_item.added",
-                    output_index=item.output_index,
-                    item={**message_item(item.id, "", "in_progress"), "content": []},
-                )
-            )
-            out.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item.id,
-                    output_index=item.output_index,
-                    content_index=0,
-                    part=text_part(""),
-                )
-            )
-        item.text += text
+        if self._message is None:
+            added = {**message_item(new_id("msg"), "", "in_progress"), "content": []}
+            self._message, out = self._open_item_with_part("message", added, text_part(""))
+        return out + self._part_delta(
+            self._message, "response.output_text.delta", text, logprobs=[]
+        )
+
+    def _open_item_with_part(
+        self, kind: str, added: dict[str, Any], part: dict[str, Any]
+    ) -> tuple[_Item, list[bytes]]:
+        """Close what is open, then start an item of one content part (`added` as it is
+        announced, `part` empty)."""
+        out = self._close_open()
+        item = self._new_item(kind, added["id"])
+        out.append(
+            self._event("response.output_item.added", output_index=item.output_index, item=added)
+        )
         out.append(
             self._event(
-                "response.output_text.delta",
+                "response.content_part.added",
+                item_id=item.id,
+                output_index=item.output_index,
+                content_index=0,
+                part=part,
+            )
+        )
+        return item, out
+
+    def _part_delta(self, item: _Item, event: str, text: str, **extra: Any) -> list[bytes]:
+        item.text += text
+        return [
+            self._event(
+                event,
                 item_id=item.id,
                 output_index=item.output_index,
                 content_index=0,
                 delta=text,
-                logprobs=[],
+                **extra,
             )
-        )
-        return out
+        ]
 
     def _tool_at(self, position: int) -> _Item | None:
         return self._calls.get(position)

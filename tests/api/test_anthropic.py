@@ -594,17 +594,22 @@ THINKING_STREAM = [
 ]
 
 
-def test_streamed_reasoning_becomes_a_thinking_block_when_thinking_is_on(sdk, fake):
-    fake.script.append(reply_stream(THINKING_STREAM))
+def stream_with_thinking(sdk, fake, events):
+    """(block types as content_block_start announced them, the final message)."""
+    fake.script.append(reply_stream(events))
     with sdk.messages.stream(
         model=MODEL,
         max_tokens=2048,
         thinking={"type": "enabled", "budget_tokens": 1024},
         messages=[{"role": "user", "content": "hi"}],
     ) as stream:
-        starts = [event for event in stream if event.type == "content_block_start"]
-        message = stream.get_final_message()
-    assert [event.content_block.type for event in starts] == ["thinking", "text"]
+        starts = [e.content_block.type for e in stream if e.type == "content_block_start"]
+        return starts, stream.get_final_message()
+
+
+def test_streamed_reasoning_becomes_a_thinking_block_when_thinking_is_on(sdk, fake):
+    starts, message = stream_with_thinking(sdk, fake, THINKING_STREAM)
+    assert starts == ["thinking", "text"]
     assert message.content[0].type == "thinking"
     assert message.content[0].thinking == "The user greets; answer kindly."
     assert message.content[1].text == "Hello!"
@@ -633,26 +638,12 @@ def test_reasoning_of_a_whole_answer_comes_first_as_thinking(sdk, fake):
 
 def test_blank_text_before_the_reasoning_does_not_push_thinking_second(sdk, fake):
     events = [chunk({"role": "assistant", "content": "\n\n"}), *THINKING_STREAM]
-    fake.script.append(reply_stream(events))
-    with sdk.messages.stream(
-        model=MODEL,
-        max_tokens=2048,
-        thinking={"type": "enabled", "budget_tokens": 1024},
-        messages=[{"role": "user", "content": "hi"}],
-    ) as stream:
-        message = stream.get_final_message()
-    assert [block.type for block in message.content] == ["thinking", "text"]
+    starts, message = stream_with_thinking(sdk, fake, events)
+    assert starts == ["thinking", "text"]
     assert message.content[1].text == "Hello!"
 
 
 def test_an_answer_of_blank_text_only_still_arrives(sdk, fake):
     events = [chunk({"role": "assistant", "content": "\n"}), chunk({}, finish="stop")]
-    fake.script.append(reply_stream(events))
-    with sdk.messages.stream(
-        model=MODEL,
-        max_tokens=2048,
-        thinking={"type": "enabled", "budget_tokens": 1024},
-        messages=[{"role": "user", "content": "hi"}],
-    ) as stream:
-        message = stream.get_final_message()
+    _, message = stream_with_thinking(sdk, fake, events)
     assert [(block.type, block.text) for block in message.content] == [("text", "\n")]
