@@ -33,7 +33,7 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
 
 
 def _since(text: str) -> str:
-    from qwenproxy.services.usage import parse_duration
+    from qwenproxy.services.usage_stats import parse_duration
 
     try:
         parse_duration(text)
@@ -90,7 +90,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], total: Mapping[str, Any] | N
 
 def cmd_usage(config: Config, args: argparse.Namespace) -> int:
     from qwenproxy.services.store import Database, default_database_url
-    from qwenproxy.services.usage import UsageLedger, parse_duration
+    from qwenproxy.services.usage import UsageLedger
+    from qwenproxy.services.usage_stats import parse_duration
 
     since_s = parse_duration(args.since)
     try:

@@ -13,7 +13,8 @@ import pytest
 from qwenproxy.cli import build_parser, main
 from qwenproxy.config import Config
 from qwenproxy.services.store import Database
-from qwenproxy.services.usage import GROUP_BY, UsageLedger, UsageRecord
+from qwenproxy.services.usage import UsageLedger, UsageRecord
+from qwenproxy.services.usage_stats import GROUP_BY
 from qwenproxy.usage_report import GROUP_CHOICES
 from tests.databases import DATABASE_KINDS, database_url_for
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 
 from qwenproxy.api.context import require_client, services
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.usage import GROUP_BY, parse_duration
+from qwenproxy.services.usage_stats import GROUP_BY, parse_duration
 
 bp = Blueprint("usage", __name__)
 bp.before_request(require_client)

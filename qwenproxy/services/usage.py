@@ -1,18 +1,18 @@
 """Accounting and performance ledger: one `UsageRecord` per request, queued without I/O,
 written in batches to `qp_usage` by a background writer that also logs one line per
-request; queries for totals, percentiles per group, time series and recent rows.
+request; queries for totals per group, time series and recent rows (the arithmetic is in
+usage_stats.py).
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import math
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,17 +20,19 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.services.store import Database, database_errors, describe_db_error, metadata
+from qwenproxy.services.usage_stats import (
+    GROUP_BY,
+    STAT_COLUMNS,
+    bucket_width,
+    grouped,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("qwenproxy.requests")
 
-GROUP_BY = ("model", "backend", "session", "key", "day")
 LOG_FORMATS = ("human", "json")
 DROP_WARNING_INTERVAL_S = 60.0
-MAX_SINCE_S = 3660 * 86400.0
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-# Time-series bucket widths the dashboard may use, smallest first.
-_BUCKETS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
 
 def _new_id() -> str:
@@ -118,114 +120,6 @@ usage_table = sa.Table(
     sa.Column("command_only", sa.Boolean, nullable=False),
     sa.Index("ix_qp_usage_started_at", "started_at"),
 )
-
-_STAT_COLUMNS = (
-    "started_at",
-    "status",
-    "backend",
-    "upstream_model",
-    "requested_model",
-    "session_id",
-    "client_key_id",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "tokens_per_s",
-)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `30m`, `24h` or `7d`; ValueError otherwise."""
-    value = text.strip().lower()
-    factor = 1.0
-    if value and value[-1] in _DURATION_UNITS:
-        factor, value = _DURATION_UNITS[value[-1]], value[:-1]
-    try:
-        seconds = float(value) * factor
-    except ValueError:
-        raise ValueError(f"expected a duration such as 90s, 30m, 24h or 7d, got {text!r}") from None
-    if not 0 < seconds <= MAX_SINCE_S:
-        raise ValueError(f"expected a positive duration of at most 3660d, got {text!r}")
-    return seconds
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-quantile (0..1) of `values` with linear interpolation; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def _utc_day(epoch_s: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch_s, tz=datetime.timezone.utc).date().isoformat()
-
-
-_GROUP_KEYS: dict[str, Callable[[Any], str]] = {
-    "model": lambda row: row.upstream_model or row.requested_model or "-",
-    "backend": lambda row: row.backend or "-",
-    "session": lambda row: row.session_id or "-",
-    "key": lambda row: row.client_key_id or "-",
-    "day": lambda row: _utc_day(row.started_at),
-}
-
-
-def summarize(group: str, rows: Iterable[Any]) -> dict[str, Any]:
-    """Requests, errors, token sums, p50/p95 latency and TTFT, mean tokens/s of `rows`."""
-    rows = list(rows)
-    latencies = [r.latency_ms for r in rows if r.latency_ms is not None]
-    ttfts = [r.ttft_ms for r in rows if r.ttft_ms is not None]
-    rates = [r.tokens_per_s for r in rows if r.tokens_per_s is not None]
-    return {
-        "group": group,
-        "requests": len(rows),
-        "errors": sum(1 for r in rows if r.status >= 400),
-        "prompt_tokens": sum(r.prompt_tokens or 0 for r in rows),
-        "completion_tokens": sum(r.completion_tokens or 0 for r in rows),
-        "total_tokens": sum(
-            r.total_tokens
-            if r.total_tokens is not None
-            else (r.prompt_tokens or 0) + (r.completion_tokens or 0)
-            for r in rows
-        ),
-        "cached_tokens": sum(r.cached_tokens or 0 for r in rows),
-        "latency_ms_p50": _round(percentile(latencies, 0.50)),
-        "latency_ms_p95": _round(percentile(latencies, 0.95)),
-        "ttft_ms_p50": _round(percentile(ttfts, 0.50)),
-        "ttft_ms_p95": _round(percentile(ttfts, 0.95)),
-        "tokens_per_s_avg": _round(sum(rates) / len(rates)) if rates else None,
-    }
-
-
-def _grouped(rows: Sequence[Any], group_by: str | None) -> list[dict[str, Any]]:
-    if group_by is None:
-        return [summarize("all", rows)]
-    key = _GROUP_KEYS[group_by]
-    groups: dict[str, list[Any]] = {}
-    for row in rows:
-        groups.setdefault(key(row), []).append(row)
-    result = [summarize(name, members) for name, members in groups.items()]
-    if group_by == "day":
-        result.sort(key=lambda s: s["group"])
-    else:
-        result.sort(key=lambda s: (-s["requests"], s["group"]))
-    return result
-
-
-def _bucket_width(since_s: float, buckets: int) -> int:
-    wanted = since_s / max(1, buckets)
-    return next((b for b in _BUCKETS_S if b >= wanted), _BUCKETS_S[-1])
-
 
 def _log_value(value: Any) -> str:
     """One whitespace-free token: client-chosen names must not forge log lines."""
@@ -439,7 +333,7 @@ class UsageLedger:
 
     def _rows_since(self, since_s: float) -> list[Any]:
         cutoff = self._clock() - since_s
-        columns = [usage_table.c[name] for name in _STAT_COLUMNS]
+        columns = [usage_table.c[name] for name in STAT_COLUMNS]
         query = sa.select(*columns).where(usage_table.c.started_at >= cutoff)
         return self._query(query)
 
@@ -453,7 +347,7 @@ class UsageLedger:
         None (one "all" row) or one of GROUP_BY (`day` is the UTC date)."""
         if group_by is not None and group_by not in GROUP_BY:
             raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
-        return _grouped(self._rows_since(since_s), group_by)
+        return grouped(self._rows_since(since_s), group_by)
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest `limit` rows, newest first."""
@@ -469,7 +363,7 @@ class UsageLedger:
         summaries and the latest rows, from one scan of the period."""
         rows = self._rows_since(since_s)
         now = self._clock()
-        width = _bucket_width(since_s, buckets)
+        width = bucket_width(since_s, buckets)
         first = math.floor((now - since_s) / width) * width
         count = math.floor((now - first) / width) + 1
         series = [
@@ -496,8 +390,8 @@ class UsageLedger:
             "bucket_s": width,
             "total": summarize("all", rows),
             "series": series,
-            "by_model": _grouped(rows, "model"),
-            "by_backend": _grouped(rows, "backend"),
+            "by_model": grouped(rows, "model"),
+            "by_backend": grouped(rows, "backend"),
             "recent": self.recent(recent),
             "dropped": self._dropped,
         }
@@ -544,7 +438,7 @@ class NullLedger:
             "enabled": False,
             "since_s": since_s,
             "now": time.time(),
-            "bucket_s": _bucket_width(since_s, buckets),
+            "bucket_s": bucket_width(since_s, buckets),
             "total": summarize("all", []),
             "series": [],
             "by_model": [],

@@ -17,15 +17,13 @@ from qwenproxy.errors import ServiceUnavailableError
 from qwenproxy.logs import SecretFilter
 from qwenproxy.services.store import Database
 from qwenproxy.services.usage import (
-    GROUP_BY,
     NullLedger,
     UsageLedger,
     UsageRecord,
-    parse_duration,
-    percentile,
     tokens_per_second,
     usage_table,
 )
+from qwenproxy.services.usage_stats import GROUP_BY
 
 NOW = 1767225600.0  # 2026-01-01T00:00:00Z
 
@@ -441,27 +439,6 @@ def test_null_ledger_records_and_reports_nothing():
         [],
     )
     assert ledger.overview(3600)["enabled"] is False
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("90", 90), ("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), (" 1.5h ", 5400)],
-)
-def test_durations_parse(text, seconds):
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "h", "abc", "-1h", "0", "5w", "9999d", "nan"])
-def test_bad_durations_are_rejected(text):
-    with pytest.raises(ValueError):
-        parse_duration(text)
-
-
-def test_percentiles_interpolate_linearly():
-    assert percentile([], 0.5) is None
-    assert percentile([7.0], 0.95) == 7.0
-    assert percentile([4, 1, 3, 2], 0.5) == 2.5
-    assert percentile(list(range(1, 101)), 0.95) == pytest.approx(95.05)
 
 
 def test_usage_object_fills_token_counts():
