@@ -391,7 +391,7 @@ def peer_closed(sock: socket.socket) -> bool:
         return True
     try:
         return sock.recv(1, socket.MSG_PEEK) == b""  # readable: at once, data or EOF
-    except BlockingIOError:
+    except (BlockingIOError, ValueError):  # ValueError: a TLS socket takes no flags
         return False
     except OSError:
         return True
