@@ -38,6 +38,8 @@ from qwenproxy.config_values import (
     parse_url,
 )
 
+log = logging.getLogger(__name__)
+
 # Upstream facts (source: QwenLM/qwen-code, packages/core/src/qwen/qwenOAuth2.ts and
 # qwenContentGenerator.ts).
 QWEN_OAUTH_BASE_URL = "https://chat.qwen.ai"
@@ -429,7 +431,15 @@ class Config:
             sources[setting.env] = source if name == setting.env else f"{source} {name}"
             if raw is None:
                 continue
-            values[setting.attr] = setting.parse(name, raw)
+            try:
+                values[setting.attr] = setting.parse(name, raw)
+            except ConfigError as exc:
+                if name == setting.env:
+                    raise
+                # A conventional variable set for other tools (HTTPS_PROXY=socks5://...)
+                # must not stop the proxy: it is ignored, and the log says so.
+                sources[setting.env] = "default"
+                log.warning("%s ignored: %s", name, str(exc).split(": ", 1)[1])
         merged = {k: v for k, v in dotenv.items() if v is not None}
         origin = {k: ".env" for k in merged}
         for key in env:

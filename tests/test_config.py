@@ -271,7 +271,7 @@ def test_upstream_proxy_takes_the_conventional_variables_too(tmp_path: Path) -> 
     ("variable", "value"),
     [
         ("UPSTREAM_PROXY", "socks5://proxy:1080"),
-        ("HTTPS_PROXY", "https://proxy:443"),
+        ("UPSTREAM_PROXY", "https://proxy:443"),
         ("UPSTREAM_PROXY", "http://proxy:port"),
         ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
     ],
@@ -280,3 +280,14 @@ def test_bad_proxy_settings_name_the_variable_that_holds_them(variable: str, val
     with pytest.raises(ConfigError) as caught:
         Config.from_env(environ={variable: value}, dotenv_path=None)
     assert caught.value.variable == variable
+
+
+def test_an_inherited_proxy_variable_qwenproxy_cannot_use_is_ignored_not_fatal(caplog) -> None:
+    # A shell that exports a SOCKS or https:// proxy for other tools must still serve.
+    config = Config.from_env(
+        environ={"HTTPS_PROXY": "socks5://me:secret@proxy:1080"}, dotenv_path=None
+    )
+    assert config.upstream_proxy is None
+    assert config.sources["UPSTREAM_PROXY"] == "default"
+    assert "HTTPS_PROXY ignored" in caplog.text
+    assert "secret" not in caplog.text
