@@ -13,23 +13,15 @@ from typing import Any
 
 import orjson
 
-from qwenproxy.errors import ClientGoneError, ProxyError, RateLimitError, UpstreamError
-from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
+from qwenproxy.errors import ClientGoneError, ProxyError, RateLimitError
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
-from qwenproxy.services.stream_relay import (
-    ToolCallIndexer,
-    delta_text,
-    error_frame,
-    has_finish,
-    loop_stop_frames,
-)
-from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, encode_data
+from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
+from qwenproxy.sse import DONE_FRAME, encode_data
 
 log = logging.getLogger(__name__)
-CLIENT_CHECK_S = 1.0  # during upstream silence, how often a stream looks for its client
 
 SYSTEM_ROLES = ("system", "developer")
 QUOTA_COOL_DOWN_S = 3600.0
@@ -357,118 +349,26 @@ class CompletionService:
         upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         opened, target = self._attempt(plan, upstream, ctx, "stream")
         detector = self.guards.loop_detector() if loops else None
-        frames = self._frames(opened, target, ctx, client_wants_usage, detector)
-        return StreamingCompletion(frames, self._served_by(target))
+        accounting = self.accounting
 
-    def _frames(
-        self,
-        upstream: UpstreamStream,
-        target: Target,
-        ctx: RequestContext,
-        client_wants_usage: bool,
-        detector: LoopDetector | None,
-    ) -> Iterator[bytes]:
-        indexer = ToolCallIndexer()
-        finished = False  # the upstream sent a finish_reason
-        completed = False  # the last frame for the client is on its way
-        name = target.backend.name
-        if self.accounting is not None:
-            self.accounting.stream_opened()
-        keepalive = self.stream_keepalive
-        probe = ctx.client_gone
-        # Silence is waited out in steps: a keep-alive after `keepalive` seconds of it, and,
-        # when the client's connection can be watched, a look at it every second or so.
-        wait = keepalive if probe is None else min(keepalive or CLIENT_CHECK_S, CLIENT_CHECK_S)
-        silent = 0.0
-        try:
-            for batch in upstream.batches(wait):
-                if batch is None:
-                    if probe is not None and probe():
-                        ctx.status, ctx.error_code = 499, "client_disconnected"
-                        log.info("client left a silent stream from %s: closing it", name)
-                        completed = True
-                        return
-                    silent += wait or 0.0
-                    if keepalive and silent >= keepalive - 1e-6:
-                        silent = 0.0
-                        yield KEEPALIVE_FRAME
-                    continue
-                silent = 0.0
-                out: list[bytes] = []  # what one upstream read gives: one write to the client
-                last = False
-                for event in batch:
-                    data = event.data
-                    if data == DONE_DATA:
-                        out.append(DONE_FRAME)
-                        last = True
-                        break
-                    chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
-                    if ctx.first_token_at is None:
-                        ctx.first_token_at = time.perf_counter()
-                        ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
-                    if "error" in chunk and not chunk.get("choices"):
-                        log.warning("backend %s sent an error event mid-stream", name)
-                        error = chunk["error"]
-                        code = error.get("code") if isinstance(error, dict) else None
-                        ctx.status, ctx.error_code = 502, code or "upstream_error"
-                        out.append(encode_data(data))
-                        last = True
-                        break
-                    changed = False
-                    usage = chunk.get("usage")
-                    if usage:
-                        ctx.usage = usage
-                        if not client_wants_usage:
-                            if not chunk.get("choices"):
-                                continue
-                            del chunk["usage"]
-                            changed = True
-                    if not finished:
-                        finished = has_finish(chunk)
-                    if b'"tool_calls"' in data and indexer.fill(chunk):
-                        changed = True
-                    # An event of several `data:` lines holds newlines: re-encode it.
-                    out.append(
-                        encode_data(orjson.dumps(chunk) if changed or b"\n" in data else data)
-                    )
-                    if detector is not None and b'"content"' in data:
-                        block = detector.feed(delta_text(chunk))
-                        if block is not None:
-                            upstream.close()  # stop paying for the loop at once
-                            ctx.loop_detected = True
-                            log.warning("stopped a looping stream from %s", name)
-                            out.extend(loop_stop_frames(chunk, block))
-                            last = True
-                            break
-                completed = last
-                if out:
-                    yield b"".join(out)
-                if last:
-                    return
-            if not finished:
-                raise UpstreamError(f"Backend {name} closed the stream before it finished.")
-            completed = True
-            yield DONE_FRAME
-        except ProxyError as exc:
-            log.warning("stream from %s failed: %s", name, exc.code)
-            ctx.fail(exc)
-            completed = True
-            yield error_frame(exc)
-        except Exception:  # e.g. a chunk of an unexpected shape: still end the stream cleanly
-            log.exception("stream from %s could not be relayed", name)
-            error = UpstreamError(f"Backend {name} sent a stream the proxy could not relay.")
-            ctx.fail(error)
-            completed = True
-            yield error_frame(error)
-        except GeneratorExit:
-            if not completed:  # closed before its last frame: the client went away
-                ctx.status, ctx.error_code = 499, "client_disconnected"
-            raise
-        finally:
-            upstream.close()
-            if self.accounting is not None:
-                self.accounting.stream_closed()
+        def started() -> None:
+            if accounting is not None:
+                accounting.stream_opened()
+
+        def ended() -> None:
+            if accounting is not None:
+                accounting.stream_closed()
             self._finish(ctx)
+
+        frames = relay_stream(
+            opened,
+            target.backend.name,
+            ctx,
+            StreamRelaySettings(client_wants_usage, detector, self.stream_keepalive),
+            started,
+            ended,
+        )
+        return StreamingCompletion(frames, self._served_by(target))
 
     # --- answers the proxy gives itself ---------------------------------------------------
 
