@@ -21,9 +21,9 @@ from qwenproxy.config_values import (
     parse_aliases,
     parse_backend,
     parse_bool,
+    parse_ca_bundle,
     parse_choice,
     parse_duration,
-    parse_file,
     parse_host_list,
     parse_int,
     parse_keys,
@@ -154,7 +154,7 @@ SETTINGS: tuple[Setting, ...] = (
         "UPSTREAM_CA_BUNDLE",
         "upstream_ca_bundle",
         None,
-        parse_file,
+        parse_ca_bundle,
         "PEM file of the CAs trusted for upstream TLS (instead of certifi's bundle)",
     ),
     Setting(
@@ -350,6 +350,24 @@ def _custom_backends(
     return tuple(found)
 
 
+def _lookup(
+    setting: Setting, env: Mapping[str, str], dotenv: Mapping[str, str | None]
+) -> tuple[str | None, str, str]:
+    """(raw value, source, variable) of one setting: its own name in the environment, then
+    in `.env`; then its conventional names (HTTPS_PROXY...), environment first, where set
+    and not empty; then the default."""
+    if setting.env in env:
+        return env[setting.env], "env", setting.env
+    if dotenv.get(setting.env) is not None:
+        return dotenv[setting.env], ".env", setting.env
+    for name in setting.also:
+        for source, values in (("env", env), (".env", dotenv)):
+            value = values.get(name)
+            if value is not None and value.strip():
+                return value, source, name
+    return setting.default, "default", setting.env
+
+
 @dataclass(frozen=True)
 class Config:
     """All settings of one proxy process. Build it with `Config.from_env()`."""
@@ -418,16 +436,7 @@ class Config:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for setting in SETTINGS:
-            names = (setting.env, *setting.also)
-            in_env = next((n for n in names if n in env), None)
-            in_dotenv = next((n for n in names if dotenv.get(n) is not None), None)
-            name = setting.env
-            if in_env is not None:
-                raw, source, name = env[in_env], "env", in_env
-            elif in_dotenv is not None:
-                raw, source, name = dotenv[in_dotenv], ".env", in_dotenv
-            else:
-                raw, source = setting.default, "default"
+            raw, source, name = _lookup(setting, env, dotenv)
             sources[setting.env] = source if name == setting.env else f"{source} {name}"
             if raw is None:
                 continue

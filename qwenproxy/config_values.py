@@ -4,9 +4,12 @@ URLs, key lists, JSON tables), each raising `ConfigError` that names the variabl
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 
 class ConfigError(ValueError):
@@ -186,34 +189,86 @@ def parse_model_map(name: str, raw: str) -> dict[str, str]:
     return {str(k): v.strip() for k, v in value.items()}
 
 
+@dataclass(frozen=True)
+class ProxyAddress:
+    """An HTTP proxy's address and (URL-decoded) credentials."""
+
+    host: str
+    port: int
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def split_proxy_url(url: str) -> ProxyAddress:
+    """`[http://][user[:password]@]host[:port][/]`, split once. The credentials are what
+    comes before the last `@` (a password may hold `#`, `?` or `/`); the port defaults
+    to 80. ValueError messages never repeat any part of `url`."""
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "http", url.strip()
+    if scheme.lower() != "http":
+        raise ValueError(
+            f"only http:// proxies are supported (HTTPS goes through them), not {scheme}://"
+        )
+    userinfo, at, hostport = rest.rpartition("@")
+    hostport = hostport.split("/", 1)[0]
+    if hostport.startswith("["):
+        host, bracket, tail = hostport[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ValueError("expected http://[ipv6]:port")
+        port_text = tail[1:]
+    else:
+        host, _, port_text = hostport.partition(":")
+        if ":" in port_text:
+            raise ValueError("an IPv6 proxy address goes in brackets: http://[ipv6]:port")
+    if not host:
+        raise ValueError("expected http://host:port")
+    if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ValueError("the proxy's port must be a number from 1 to 65535")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user)
+        password = unquote(secret) if colon else None
+    return ProxyAddress(host, int(port_text or 80), username, password)
+
+
 def parse_proxy_url(name: str, raw: str) -> str:
     """`http://[user:password@]host[:port]`: an HTTP proxy for upstream calls."""
     value = raw.strip()
     if not value:
         return ""
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        value, scheme, rest = f"http://{value}", "http", value
-    if scheme.lower() != "http":
-        raise ConfigError(
-            name, f"only http:// proxies are supported (HTTPS goes through them), got {scheme}://"
-        )
-    host = rest.rpartition("@")[2].split("/", 1)[0]
-    if not host or host.startswith(":"):
-        raise ConfigError(name, "expected http://host:port")
-    port = host.rpartition(":")[2] if ":" in host.lstrip("[").rpartition("]")[2] else ""
-    if port and not port.isdigit():
-        raise ConfigError(name, "the proxy's port must be a number")
-    return value
+    try:
+        split_proxy_url(value)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    return value if "://" in value else f"http://{value}"
 
 
 def parse_host_list(name: str, raw: str) -> tuple[str, ...]:
-    """NO_PROXY style: host names, `.domain` suffixes, IP addresses or networks, or `*`."""
-    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    """NO_PROXY style: host names, `.domain` or `*.domain` suffixes, IP addresses or
+    networks, or `*`; a `:port` on an entry is ignored (every port of the host matches)."""
+    hosts = []
+    for entry in raw.split(","):
+        entry = entry.strip().lower()
+        if entry.startswith("["):  # [ipv6] or [ipv6]:port
+            entry = entry[1:].partition("]")[0]
+        elif entry.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+            entry = entry.partition(":")[0]
+        if entry.startswith("*."):
+            entry = entry[1:]
+        if entry:
+            hosts.append(entry)
+    return tuple(hosts)
 
 
-def parse_file(name: str, raw: str) -> Path:
+def parse_ca_bundle(name: str, raw: str) -> Path:
+    """A PEM file of CA certificates, checked now rather than at the first request."""
     path = Path(raw.strip()).expanduser()
     if not path.is_file():
         raise ConfigError(name, f"no such file: {path}")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError):
+        raise ConfigError(name, f"{path} holds no PEM CA certificates") from None
     return path

@@ -273,6 +273,8 @@ def test_upstream_proxy_takes_the_conventional_variables_too(tmp_path: Path) -> 
         ("UPSTREAM_PROXY", "socks5://proxy:1080"),
         ("UPSTREAM_PROXY", "https://proxy:443"),
         ("UPSTREAM_PROXY", "http://proxy:port"),
+        ("UPSTREAM_PROXY", "http://proxy:99999"),
+        ("UPSTREAM_PROXY", "http://fe80::1"),
         ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
     ],
 )
@@ -291,3 +293,44 @@ def test_an_inherited_proxy_variable_qwenproxy_cannot_use_is_ignored_not_fatal(c
     assert config.sources["UPSTREAM_PROXY"] == "default"
     assert "HTTPS_PROXY ignored" in caplog.text
     assert "secret" not in caplog.text
+
+
+def test_a_password_with_url_characters_stays_a_password() -> None:
+    from qwenproxy.config_values import split_proxy_url
+
+    address = split_proxy_url("http://alice:2024#Spring/?x@proxy.corp:3128")
+    assert (address.host, address.port) == ("proxy.corp", 3128)
+    assert (address.username, address.password) == ("alice", "2024#Spring/?x")
+    assert split_proxy_url("[fd00::1]:8080").host == "fd00::1"
+    assert split_proxy_url("proxy.corp").port == 80
+
+
+def test_a_bad_proxy_url_error_repeats_nothing_of_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={"UPSTREAM_PROXY": "http://me:pa55w0rd@proxy:port"},
+                        dotenv_path=None)
+    assert "pa55w0rd" not in str(caught.value)
+
+
+def test_the_proxy_setting_in_dotenv_beats_an_inherited_https_proxy(tmp_path: Path) -> None:
+    dotenv = write_dotenv(tmp_path, "UPSTREAM_PROXY=http://corp:3128\nUPSTREAM_NO_PROXY=a.corp\n")
+    config = Config.from_env(
+        environ={"HTTPS_PROXY": "http://other:8080", "NO_PROXY": "b.corp"}, dotenv_path=dotenv
+    )
+    assert config.upstream_proxy == "http://corp:3128"
+    assert config.upstream_no_proxy == ("a.corp",)
+    off = write_dotenv(tmp_path, "UPSTREAM_PROXY=\n")
+    assert not Config.from_env(environ={"HTTPS_PROXY": "http://other:8080"},
+                               dotenv_path=off).upstream_proxy
+    # An empty HTTPS_PROXY does not hide a set https_proxy.
+    both = Config.from_env(environ={"HTTPS_PROXY": "", "https_proxy": "http://low:1"},
+                           dotenv_path=None)
+    assert both.upstream_proxy == "http://low:1"
+
+
+def test_no_proxy_entries_with_ports_brackets_and_wildcards() -> None:
+    config = Config.from_env(
+        environ={"NO_PROXY": "host.corp:8080, [fd00::1]:443, *.internal, 10.0.0.0/8"},
+        dotenv_path=None,
+    )
+    assert config.upstream_no_proxy == ("host.corp", "fd00::1", ".internal", "10.0.0.0/8")

@@ -222,7 +222,7 @@ def test_doctor_with_no_backend_at_all_names_the_keys(tmp_path):
     assert "auth login" in result.stdout
 
 
-def test_a_refusing_upstream_proxy_is_a_502_that_names_it_and_hides_the_password(make_config):
+def test_a_refusing_upstream_proxy_is_a_502_and_the_log_says_why(make_config, caplog):
     from tests.services.test_transport import TunnelingProxy
 
     proxy = TunnelingProxy("user:right-pass")
@@ -238,21 +238,25 @@ def test_a_refusing_upstream_proxy_is_a_502_that_names_it_and_hides_the_password
     proxy.close()
     assert response.status_code == 502
     message = response.json["error"]["message"]
-    assert "407" in message and f"127.0.0.1:{proxy.port}" in message
-    assert "wrong-pass" not in message
+    assert "through the upstream proxy" in message
+    assert "127.0.0.1" not in message  # the proxy's address is for the operator's eyes
+    assert "407" in caplog.text and f"127.0.0.1:{proxy.port}" in caplog.text
+    assert "wrong-pass" not in caplog.text and "wrong-pass" not in message
     assert proxy.connects and proxy.connects[0].startswith(b"CONNECT upstream.test:443 ")
 
 
 def test_doctor_shows_the_upstream_proxy_without_its_password():
     from qwenproxy.services.doctor import describe_setting
 
-    config = Config(upstream_proxy="http://me:hunter2@proxy.corp:3128")
-    shown = describe_setting(config, "UPSTREAM_PROXY", "upstream_proxy")
-    assert shown == "http://me:***@proxy.corp:3128"
+    for url in ("http://me:hunter2@proxy.corp:3128", "http://tok3n-only@proxy.corp:3128"):
+        shown = describe_setting(Config(upstream_proxy=url), "UPSTREAM_PROXY", "upstream_proxy")
+        assert shown == "http://***@proxy.corp:3128"
 
 
 def test_the_upstream_proxy_password_is_among_the_secrets_kept_out_of_logs():
     from qwenproxy.services.container import secrets_of
 
     config = Config(upstream_proxy="http://me:p%40ss-w0rd@proxy.corp:3128")
-    assert "p@ss-w0rd" in list(secrets_of(config, [])())
+    assert {"p@ss-w0rd", "p%40ss-w0rd"} <= set(secrets_of(config, [])())
+    token_only = Config(upstream_proxy="http://s3cr3t-token@proxy.corp:3128")
+    assert "s3cr3t-token" in list(secrets_of(token_only, [])())

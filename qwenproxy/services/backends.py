@@ -388,8 +388,13 @@ class OpenAICompatibleBackend:
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
         if _is_timeout(exc):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
-        if isinstance(exc, requests.exceptions.ProxyError):  # its text names no credentials
-            return UpstreamError(f"Could not reach backend {self.name}: {exc}.")
+        if isinstance(exc, requests.exceptions.ProxyError):
+            # The operator gets the detail (proxy address, HTTP status); clients do not.
+            log.warning("backend %s: %s", self.name, exc)
+            return UpstreamError(
+                f"Could not reach backend {self.name} through the upstream proxy "
+                "(the proxy's log says why)."
+            )
         return UpstreamError(f"Could not reach backend {self.name}.")
 
 

@@ -92,12 +92,12 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
             yield from keys
         for custom in config.custom_backends:
             yield from custom.api_keys
-        if config.upstream_proxy:  # its password, if it has one
+        if config.upstream_proxy:  # its password, or a user name that serves as a token
             userinfo = config.upstream_proxy.partition("://")[2].rpartition("@")[0]
-            if ":" in userinfo:
-                password = userinfo.split(":", 1)[1]
-                yield password  # as written in the URL
-                yield unquote(password)  # as sent
+            secret = userinfo.partition(":")[2] or userinfo
+            for text in (secret, unquote(secret)):  # as written in the URL, and as sent
+                if len(text) >= 4:  # a shorter one would blank common words in every line
+                    yield text
         for manager in managers:
             try:
                 creds = manager.current()

@@ -47,12 +47,11 @@ class DoctorReport:
 
 
 def without_password(url: str) -> str:
-    """A proxy URL fit to show: its password (if any) replaced by ***."""
+    """A proxy URL fit to show: its credentials (user name too: some proxies take a token
+    there) replaced by ***."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    return f"{scheme}{sep}***@{hostpart}" if at else url
 
 
 def describe_setting(config: Config, env: str, attr: str) -> str:

@@ -6,6 +6,7 @@ from `UpstreamStream.batches`."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,7 +127,12 @@ def relay_stream(
     probe = ctx.client_gone
     # Silence is waited out in steps: a keep-alive after `keepalive` seconds of it, and,
     # when the client's connection can be watched, a look at it every second or so.
-    wait = keepalive if probe is None else min(keepalive or CLIENT_CHECK_S, CLIENT_CHECK_S)
+    if probe is None:
+        wait = keepalive
+    elif keepalive:  # equal steps of at most CLIENT_CHECK_S that add up to `keepalive`
+        wait = keepalive / math.ceil(keepalive / CLIENT_CHECK_S)
+    else:
+        wait = CLIENT_CHECK_S
     silent = 0.0
     try:
         for batch in upstream.batches(wait):

@@ -16,7 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import certifi
 import requests
@@ -30,6 +30,7 @@ from requests.exceptions import (
 )
 from requests.utils import get_encoding_from_headers
 
+from qwenproxy.config_values import split_proxy_url
 from qwenproxy.services.http1 import (
     BAD_HEADER_CHARS,
     LeanBody,
@@ -269,7 +270,8 @@ class LeanAdapter(BaseAdapter):
                 sock = self._tls_context(verify).wrap_socket(sock, server_hostname=host)
         except TimeoutError:
             sock.close()
-            raise ConnectTimeout(f"the TLS handshake with {host}:{port} timed out") from None
+            step = "the proxy tunnel or TLS handshake" if proxy else "the TLS handshake"
+            raise ConnectTimeout(f"{step} to {host}:{port} timed out") from None
         except requests.exceptions.ProxyError:
             sock.close()
             raise
@@ -279,6 +281,9 @@ class LeanAdapter(BaseAdapter):
         except OSError as exc:
             sock.close()
             raise ConnectionError(f"could not connect to {host}:{port}: {reason_of(exc)}") from None
+        except BaseException:  # a gevent timeout, a killed greenlet: no socket left behind
+            sock.close()
+            raise
         return _Connection(sock, key)
 
     def _tls_context(self, verify: bool | str) -> ssl.SSLContext:
@@ -307,27 +312,27 @@ class TunnelProxy:
 
     @classmethod
     def from_url(cls, url: str, no_proxy: tuple[str, ...] = ()) -> TunnelProxy:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme.lower() != "http" or not parts.hostname:
-            raise ValueError("the upstream proxy must be an http:// URL")
+        address = split_proxy_url(url)  # the same reading config validated
         authorization = None
-        if parts.username is not None:
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        if address.username is not None:
+            pair = f"{address.username}:{address.password or ''}"
             authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-        return cls(parts.hostname, parts.port or 80, authorization, no_proxy)
+        return cls(address.host, address.port, authorization, no_proxy)
 
     def applies_to(self, host: str) -> bool:
         """False for loopback hosts and for hosts NO_PROXY names (host, .domain, IP,
         network, or `*` for all)."""
-        host = host.lower().rstrip(".")
+        host = host.lower().rstrip(".").strip("[]")
         if host == "localhost" or host.endswith(".localhost"):
             return False
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             address = None
-        if address is not None and address.is_loopback:
-            return False
+        if address is not None:
+            mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+            if address.is_loopback or (mapped is not None and mapped.is_loopback):
+                return False
         for entry in self._bypass:
             if entry == "*":
                 return False

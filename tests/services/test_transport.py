@@ -629,6 +629,9 @@ def test_no_proxy_hosts_and_plain_http_go_direct(serve, ca, bundle):
         ("10.1.2.3", ("10.0.0.0/8",), False),
         ("11.1.2.3", ("10.0.0.0/8",), True),
         ("openrouter.ai", ("*",), False),
+        ("::ffff:127.0.0.1", (), False),
+        ("fd00::1", ("fd00::1",), False),
+        ("api.internal", (".internal",), False),
     ],
 )
 def test_which_hosts_the_proxy_serves(host, no_proxy, proxied):
