@@ -25,6 +25,7 @@ from qwenproxy.errors import (
     UpstreamTimeoutError,
     upstream_error_for_status,
 )
+from qwenproxy.services.http1 import WAIT_CHECK_SECONDS
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
 from qwenproxy.services.transport import LeanAdapter
@@ -306,10 +307,12 @@ class OpenAICompatibleBackend:
         self, body: dict[str, Any], account: int = 0, while_waiting: WaitHook | None = None
     ) -> UpstreamReply:
         """The upstream's answer. `while_waiting` is called about once a second while the
-        upstream has not begun to answer; what it raises (the client left) ends the wait."""
+        answer is awaited — its head, and a body that comes slowly (some upstreams send the
+        head at once and pad the body while the model works); what it raises (the client
+        left) ends the wait."""
         response = self._send(body, stream=False, account=account, while_waiting=while_waiting)
         try:
-            raw = response.content
+            raw = _read_body(response, while_waiting)
         except requests.RequestException as exc:
             raise self._transport_error(exc) from None
         finally:
@@ -438,6 +441,19 @@ def parse_upstream_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise UpstreamError(f"{what} unexpected JSON.")
     return parsed
+
+
+def _read_body(response: requests.Response, while_waiting: WaitHook | None) -> bytes:
+    read_chunk = getattr(response.raw, "read_chunk", None)
+    if while_waiting is None or read_chunk is None:
+        return response.content
+    parts = []
+    while (chunk := read_chunk(WAIT_CHECK_SECONDS)) != b"":
+        if chunk is None:
+            while_waiting()
+        else:
+            parts.append(chunk)
+    return b"".join(parts)
 
 
 def _is_timeout(exc: requests.RequestException) -> bool:
