@@ -100,22 +100,29 @@ def parse_prefix(name: str, raw: str) -> str:
     return value
 
 
-def parse_duration(name: str, raw: str) -> float:
-    """Seconds, or a number with s/m/h/d (`90`, `30m`, `24h`, `7d`)."""
-    value = raw.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    factor = 1
-    if value and value[-1] in units:
-        factor, value = units[value[-1]], value[:-1]
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `24h` or `7d` (> 0); ValueError otherwise."""
+    value = text.strip().lower()
+    factor = 1.0
+    if value and value[-1] in DURATION_UNITS:
+        factor, value = DURATION_UNITS[value[-1]], value[:-1]
     try:
         seconds = float(value) * factor
     except ValueError:
-        raise ConfigError(
-            name, f"expected a duration such as 90, 30m, 24h or 7d, got {raw!r}"
-        ) from None
-    if not seconds > 0:
-        raise ConfigError(name, f"must be a positive duration, got {raw!r}")
+        raise ValueError(f"expected a duration such as 90s, 30m, 24h or 7d, got {text!r}") from None
+    if not seconds > 0:  # also refuses nan
+        raise ValueError(f"expected a positive duration, got {text!r}")
     return seconds
+
+
+def parse_duration(name: str, raw: str) -> float:
+    try:
+        return duration_seconds(raw)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
 
 
 def parse_choice(*choices: str) -> Callable[[str, str], str]:

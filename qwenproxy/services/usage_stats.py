@@ -8,9 +8,10 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from qwenproxy.config_values import duration_seconds
+
 GROUP_BY = ("model", "backend", "session", "key", "day")
 MAX_SINCE_S = 3660 * 86400.0
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Time-series bucket widths the dashboard may use, smallest first.
 _BUCKETS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 
@@ -33,16 +34,10 @@ STAT_COLUMNS = (
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from `90`, `90s`, `30m`, `24h` or `7d`; ValueError otherwise."""
-    value = text.strip().lower()
-    factor = 1.0
-    if value and value[-1] in _DURATION_UNITS:
-        factor, value = _DURATION_UNITS[value[-1]], value[:-1]
-    try:
-        seconds = float(value) * factor
-    except ValueError:
-        raise ValueError(f"expected a duration such as 90s, 30m, 24h or 7d, got {text!r}") from None
-    if not 0 < seconds <= MAX_SINCE_S:
+    """Seconds from `90`, `90s`, `30m`, `24h` or `7d`, at most 3660 days; ValueError
+    otherwise."""
+    seconds = duration_seconds(text)
+    if not seconds <= MAX_SINCE_S:
         raise ValueError(f"expected a positive duration of at most 3660d, got {text!r}")
     return seconds
 
