@@ -156,6 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         parse_ca_bundle,
         "PEM file of the CAs trusted for upstream TLS (instead of certifi's bundle)",
+        also=("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"),
     ),
     Setting(
         "MAX_BODY_BYTES",

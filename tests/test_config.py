@@ -334,3 +334,17 @@ def test_no_proxy_entries_with_ports_brackets_and_wildcards() -> None:
         dotenv_path=None,
     )
     assert config.upstream_no_proxy == ("host.corp", "fd00::1", ".internal", "10.0.0.0/8")
+
+
+def test_the_ca_bundle_takes_requests_and_openssl_conventions(tmp_path: Path, caplog) -> None:
+    import trustme
+
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    config = Config.from_env(environ={"REQUESTS_CA_BUNDLE": str(bundle)}, dotenv_path=None)
+    assert config.upstream_ca_bundle == bundle
+    assert config.sources["UPSTREAM_CA_BUNDLE"] == "env REQUESTS_CA_BUNDLE"
+    broken = Config.from_env(environ={"SSL_CERT_FILE": str(tmp_path / "gone.pem")},
+                             dotenv_path=None)
+    assert broken.upstream_ca_bundle is None  # an inherited variable never stops start-up
+    assert "SSL_CERT_FILE ignored" in caplog.text
