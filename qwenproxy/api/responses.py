@@ -6,7 +6,8 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from qwenproxy.api.context import require_client, translated_door
-from qwenproxy.services.responses_format import to_chat_request, to_response
+from qwenproxy.services.responses_answer import to_response
+from qwenproxy.services.responses_format import to_chat_request
 from qwenproxy.services.responses_stream import ResponsesStream
 
 bp = Blueprint("responses", __name__)

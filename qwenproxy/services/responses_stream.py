@@ -10,9 +10,8 @@ from typing import Any
 import orjson
 
 from qwenproxy.services.pipeline_frames import ChunkTranslator
-from qwenproxy.services.responses_format import (
+from qwenproxy.services.responses_answer import (
     INCOMPLETE_REASONS,
-    ResponsesRequest,
     call_item,
     message_item,
     new_id,
@@ -21,6 +20,7 @@ from qwenproxy.services.responses_format import (
     text_part,
     usage_of,
 )
+from qwenproxy.services.responses_format import ResponsesRequest
 from qwenproxy.services.tool_arguments import ArgumentStream
 
 # --- the stream -----------------------------------------------------------------------

@@ -7,11 +7,8 @@ import json
 import pytest
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.responses_format import (
-    flat_tool_name,
-    to_chat_request,
-    to_response,
-)
+from qwenproxy.services.responses_answer import to_response
+from qwenproxy.services.responses_format import flat_tool_name, to_chat_request
 from qwenproxy.services.responses_stream import ResponsesStream
 from tests.fake_upstream import USAGE_CHUNK, chunk, completion
 
