@@ -75,6 +75,17 @@ def chunk(delta: dict[str, Any], finish: str | None = None, model: str = "m") ->
     }
 
 
+def unindexed_tool_call_events(name: str, pieces: list[str]) -> list[dict[str, Any]]:
+    """A streamed call of tool `name` whose argument `pieces` come without the `index`
+    field (as some upstreams send them)."""
+    opening = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": ""}}
+    return [
+        chunk({"role": "assistant", "content": None}),
+        chunk({"tool_calls": [opening]}),
+        *(chunk({"tool_calls": [{"function": {"arguments": piece}}]}) for piece in pieces),
+    ]
+
+
 USAGE_CHUNK = {
     "id": "chatcmpl-fake",
     "object": "chat.completion.chunk",

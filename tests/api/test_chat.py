@@ -16,6 +16,7 @@ from tests.fake_upstream import (
     reply_error,
     reply_hang,
     reply_stream,
+    unindexed_tool_call_events,
 )
 
 USER = [{"role": "user", "content": "hi"}]
@@ -146,20 +147,7 @@ def test_streamed_tool_call_deltas_get_an_index_when_upstream_omits_it(client, f
     fake.script.append(
         reply_stream(
             [
-                chunk({"role": "assistant", "content": None}),
-                chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "id": "call_1",
-                                "type": "function",
-                                "function": {"name": "read", "arguments": ""},
-                            }
-                        ]
-                    }
-                ),
-                chunk({"tool_calls": [{"function": {"arguments": '{"path": '}}]}),
-                chunk({"tool_calls": [{"function": {"arguments": '"a.py"}'}}]}),
+                *unindexed_tool_call_events("read", ['{"path": ', '"a.py"}']),
                 chunk(
                     {
                         "tool_calls": [

@@ -17,7 +17,13 @@ import requests
 
 from tests.conftest import ROOT, write_creds
 from tests.e2e.conftest import openai_client
-from tests.fake_upstream import chunk, reply_endless_stream, reply_error, reply_stream
+from tests.fake_upstream import (
+    chunk,
+    reply_endless_stream,
+    reply_error,
+    reply_stream,
+    unindexed_tool_call_events,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,27 +65,8 @@ def test_stream_events_reach_the_client_as_they_arrive(start_proxy, fake):
 
 
 def test_streamed_tool_calls_assemble_in_the_sdk(start_proxy, fake):
-    fake.script.append(
-        reply_stream(
-            [
-                chunk({"role": "assistant", "content": None}),
-                chunk(
-                    {
-                        "tool_calls": [
-                            {
-                                "id": "call_1",
-                                "type": "function",
-                                "function": {"name": "read_file", "arguments": ""},
-                            }
-                        ]
-                    }
-                ),
-                chunk({"tool_calls": [{"function": {"arguments": '{"path": "a'}}]}),
-                chunk({"tool_calls": [{"function": {"arguments": '.py"}'}}]}),
-                chunk({}, finish="tool_calls"),
-            ]
-        )
-    )
+    events = unindexed_tool_call_events("read_file", ['{"path": "a', '.py"}'])
+    fake.script.append(reply_stream([*events, chunk({}, finish="tool_calls")]))
     proxy = start_proxy()
     calls: dict[int, dict[str, str]] = {}
     finish = None
