@@ -273,64 +273,42 @@ def test_logs_hold_no_tokens_and_no_monkeypatch_warning(start_proxy, fake, creds
     assert "Traceback" not in log
 
 
-def test_auth_status_cli_reports_expiry_and_refreshes(fake, creds_path):
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(ROOT),
-        "QWEN_OAUTH_CREDS": str(creds_path),
-        "QWEN_OAUTH_URL": fake.url,
-    }
-    status = subprocess.run(
-        [sys.executable, "-m", "qwenproxy", "auth", "status"],
-        env=env,
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 30, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m qwenproxy <args>` in a clean environment plus `env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "qwenproxy", *args],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
         text=True,
-        timeout=30,
-        cwd=creds_path.parent,
+        timeout=timeout,
+        cwd=cwd,
     )
+
+
+def test_auth_status_cli_reports_expiry_and_refreshes(fake, creds_path):
+    env = {"QWEN_OAUTH_CREDS": str(creds_path), "QWEN_OAUTH_URL": fake.url}
+    status = run_cli("auth", "status", cwd=creds_path.parent, **env)
     assert status.returncode == 0, status.stderr
     assert "valid for" in status.stdout and str(creds_path) in status.stdout
     assert fake.refresh_calls == 0
-    forced = subprocess.run(
-        [sys.executable, "-m", "qwenproxy", "auth", "status", "--refresh"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=creds_path.parent,
-    )
+    forced = run_cli("auth", "status", "--refresh", cwd=creds_path.parent, **env)
     assert forced.returncode == 0, forced.stderr
     assert fake.refresh_calls == 1
     assert "tok-1" not in forced.stdout + forced.stderr
     fake.refresh_mode = "dead"
     write_creds(creds_path, fake, expires_in=-60)
-    dead = subprocess.run(
-        [sys.executable, "-m", "qwenproxy", "auth", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=creds_path.parent,
-    )
+    dead = run_cli("auth", "status", cwd=creds_path.parent, **env)
     assert dead.returncode == 1
     assert "auth login" in dead.stdout
 
 
 def test_auth_login_cli_runs_the_device_flow(fake, tmp_path):
     target = tmp_path / "new" / "oauth_creds.json"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(ROOT),
-        "QWEN_OAUTH_CREDS": str(target),
-        "QWEN_OAUTH_URL": fake.url,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "qwenproxy", "auth", "login"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
+    result = run_cli(
+        "auth", "login", cwd=tmp_path, timeout=60,
+        QWEN_OAUTH_CREDS=str(target), QWEN_OAUTH_URL=fake.url,
     )
     assert result.returncode == 0, result.stderr
     assert "ABCD-1234" in result.stdout
@@ -343,14 +321,6 @@ def test_auth_login_cli_runs_the_device_flow(fake, tmp_path):
 
 
 def test_serve_refuses_invalid_configuration_naming_the_variable(tmp_path: Path):
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PORT": "eighty"}
-    result = subprocess.run(
-        [sys.executable, "-m", "qwenproxy", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-    )
+    result = run_cli("serve", cwd=tmp_path, PORT="eighty")
     assert result.returncode == 2
     assert "PORT" in result.stderr and "eighty" in result.stderr
