@@ -151,18 +151,22 @@ class Connection:
                 return
             yield self.recv_at, data
 
-    def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Send a prebuilt request and read the whole answer (reconnects once if the
+    def _exchange(self, raw: bytes) -> tuple[int, dict[str, str]]:
+        """Send a prebuilt request and read the answer's head (reconnects once if the
         kept-alive connection was closed before the request went out)."""
         for attempt in (0, 1):
             try:
                 self.send(raw)
-                status, headers = self.read_head()
-                break
+                return self.read_head()
             except (HTTPError, OSError):
                 self.close()
                 if attempt:
                     raise
+        raise AssertionError("unreachable")
+
+    def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send a prebuilt request and read the whole answer."""
+        status, headers = self._exchange(raw)
         body = self.read_body(headers)
         if headers.get("connection", "").lower() == "close":
             self.close()
@@ -170,15 +174,7 @@ class Connection:
 
     def stream(self, raw: bytes) -> tuple[int, dict[str, str], Iterator[tuple[float, bytes]]]:
         """Send a prebuilt request; (status, headers, iterator of (arrival time, SSE frame))."""
-        for attempt in (0, 1):
-            try:
-                self.send(raw)
-                status, headers = self.read_head()
-                break
-            except (HTTPError, OSError):
-                self.close()
-                if attempt:
-                    raise
+        status, headers = self._exchange(raw)
         return status, headers, self._frames(headers)
 
     def _frames(self, headers: dict[str, str]) -> Iterator[tuple[float, bytes]]:
