@@ -103,8 +103,12 @@ def reasoning_item(item_id: str, text: str, status: str) -> dict[str, Any]:
         "id": item_id,
         "status": status,
         "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}] if text else [],
+        "content": [reasoning_part(text)] if text else [],
     }
+
+
+def reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
 
 
 def text_part(text: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from qwenproxy.services.responses_answer import (
     message_item,
     new_id,
     reasoning_item,
+    reasoning_part,
     response_object,
     text_part,
     usage_of,
@@ -110,7 +111,7 @@ class ResponsesStream(ChunkTranslator):
             self._thought, out = self._open_item_with_part(
                 "reasoning",
                 reasoning_item(new_id("rs"), "", "in_progress"),
-                {"type": "reasoning_text", "text": ""},
+                reasoning_part(""),
             )
         return out + self._part_delta(self._thought, "response.reasoning_text.delta", text)
 
@@ -233,40 +234,27 @@ class ResponsesStream(ChunkTranslator):
         return out
 
     def _close_message(self, item: _Item) -> list[bytes]:
+        done = message_item(item.id, item.text, "completed")
+        return self._close_part_item(
+            item, "response.output_text.done", text_part(item.text), done, logprobs=[]
+        )
+
+    def _close_reasoning(self, item: _Item) -> list[bytes]:
+        done = reasoning_item(item.id, item.text, "completed")
+        return self._close_part_item(
+            item, "response.reasoning_text.done", reasoning_part(item.text), done
+        )
+
+    def _close_part_item(
+        self, item: _Item, text_done: str, part: dict[str, Any], done: dict[str, Any], **extra: Any
+    ) -> list[bytes]:
+        """End an item of one content part: its text, its part, then the item itself."""
         item.closed = True
         common = {"item_id": item.id, "output_index": item.output_index, "content_index": 0}
         return [
-            self._event("response.output_text.done", **common, text=item.text, logprobs=[]),
-            self._event("response.content_part.done", **common, part=text_part(item.text)),
-            self._event(
-                "response.output_item.done",
-                output_index=item.output_index,
-                item=message_item(item.id, item.text, "completed"),
-            ),
-        ]
-
-    def _close_reasoning(self, item: _Item) -> list[bytes]:
-        item.closed = True
-        return [
-            self._event(
-                "response.reasoning_text.done",
-                item_id=item.id,
-                output_index=item.output_index,
-                content_index=0,
-                text=item.text,
-            ),
-            self._event(
-                "response.content_part.done",
-                item_id=item.id,
-                output_index=item.output_index,
-                content_index=0,
-                part={"type": "reasoning_text", "text": item.text},
-            ),
-            self._event(
-                "response.output_item.done",
-                output_index=item.output_index,
-                item=reasoning_item(item.id, item.text, "completed"),
-            ),
+            self._event(text_done, **common, text=item.text, **extra),
+            self._event("response.content_part.done", **common, part=part),
+            self._event("response.output_item.done", output_index=item.output_index, item=done),
         ]
 
     def _close_open(self) -> list[bytes]:
