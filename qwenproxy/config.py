@@ -32,6 +32,7 @@ from qwenproxy.config_values import (
     parse_paths,
     parse_prefix,
     parse_proxy_url,
+    parse_retention,
     parse_routes,
     parse_seconds,
     parse_text,
@@ -202,6 +203,13 @@ SETTINGS: tuple[Setting, ...] = (
         "false",
         parse_bool,
         "turn the usage ledger off",
+    ),
+    Setting(
+        "LEDGER_RETENTION",
+        "ledger_retention",
+        "90d",
+        parse_retention,
+        "raw ledger rows older than this are deleted (aggregates are kept)",
     ),
     Setting("LOG_FORMAT", "log_format", "human", parse_choice("human", "json"), "log line format"),
     Setting("LOOP_DETECTION", "loop_detection", "true", parse_bool, "stop looping streams"),
@@ -397,6 +405,7 @@ class Config:
     data_dir: Path = Path("./.qwenproxy")
     database_url: str | None = None
     disable_accounting: bool = False
+    ledger_retention: float | None = 90 * 86400.0
     log_format: str = "human"
     loop_detection: bool = True
     loop_min_pattern: int = 100

@@ -125,6 +125,16 @@ def parse_duration(name: str, raw: str) -> float:
         raise ConfigError(name, str(exc)) from None
 
 
+def parse_retention(name: str, raw: str) -> float | None:
+    """A duration of at least a day, or `none` / `forever` (keep every row)."""
+    if raw.strip().lower() in ("none", "forever", "off"):
+        return None
+    seconds = parse_duration(name, raw)
+    if seconds < 86400:
+        raise ConfigError(name, f"expected at least 1d (or `forever`), got {raw!r}")
+    return seconds
+
+
 def parse_choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         value = raw.strip().lower()

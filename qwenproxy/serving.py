@@ -52,9 +52,10 @@ def mark_worker_dead(directory: Path, pid: int) -> None:
 def close_worker_services(worker: Any) -> None:
     """Worker, on its way out: write the usage rows still queued."""
     services = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("qwenproxy")
-    ledger = getattr(services, "ledger", None)
-    if ledger is not None:
-        ledger.close()
+    for name in ("upkeep", "ledger"):
+        part = getattr(services, name, None)
+        if part is not None:
+            part.close()
 
 
 def gunicorn_settings(config: Config) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """`python -m qwenproxy usage [--since 7d] [--by model] [--json]`: the usage ledger as an
-aligned table or JSON, read from the configured database. Database code is imported when
+aligned table or JSON, read from the configured database; `usage export --since 30d
+--format csv|jsonl` streams its raw rows, oldest first. Database code is imported when
 the command runs, so `serve` does not load it into gunicorn's master."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
 
 from qwenproxy.config import Config
 from qwenproxy.errors import ProxyError
@@ -54,6 +56,15 @@ def add_usage_command(subparsers: Any) -> None:
         "--by", choices=GROUP_CHOICES, default="model", help="group rows by (default model)"
     )
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.add_argument(
+        "action",
+        nargs="?",
+        choices=("export",),
+        help="export: write every raw row of the period to stdout (for billing)",
+    )
+    usage.add_argument(
+        "--format", choices=("csv", "jsonl"), default="csv", help="export format (default csv)"
+    )
     usage.set_defaults(handler=cmd_usage)
 
 
@@ -101,6 +112,8 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
         return 1
     try:
         ledger = UsageLedger(db)
+        if args.action == "export":
+            return export_rows(ledger.export(since_s), args.format, sys.stdout)
         groups = ledger.stats(since_s, args.by)
         total = ledger.stats(since_s, None)[0]
     except ProxyError as exc:
@@ -123,4 +136,20 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
         print("no requests recorded")
         return 0
     print(format_table(groups, total))
+    return 0
+
+
+def export_rows(rows: Iterable[Mapping[str, Any]], fmt: str, out: TextIO) -> int:
+    """Write rows as CSV (a header line, then one line a row) or JSON lines, as they come."""
+    from qwenproxy.services.usage import RECORD_FIELDS
+
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    else:
+        for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+    out.flush()
     return 0

@@ -14,6 +14,7 @@ from qwenproxy.cli import build_parser, main
 from qwenproxy.config import Config
 from qwenproxy.services.store import Database
 from qwenproxy.services.usage import UsageLedger, UsageRecord
+from qwenproxy.services.usage_aggregates import PERCENTILE_ERROR
 from qwenproxy.services.usage_stats import GROUP_BY
 from qwenproxy.usage_report import GROUP_CHOICES
 from tests.databases import DATABASE_KINDS, database_url_for
@@ -35,7 +36,7 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
     for backend, model, status, prompt, completion, latency in rows:
         ledger.record(
             UsageRecord(
-                started_at=now - 60,
+                started_at=now - 180,  # minutes before any 1s window (whole minutes)
                 backend=backend,
                 upstream_model=model,
                 status=status,
@@ -78,7 +79,7 @@ def test_json_report(config, capsys):
     groups = {g["group"]: g for g in report["groups"]}
     assert set(groups) == {"qwen-oauth", "dashscope"}
     assert (groups["qwen-oauth"]["requests"], groups["qwen-oauth"]["errors"]) == (3, 1)
-    assert groups["qwen-oauth"]["latency_ms_p50"] == 800.0
+    assert groups["qwen-oauth"]["latency_ms_p50"] == pytest.approx(800.0, rel=PERCENTILE_ERROR)
     assert report["total"]["requests"] == 4
     assert report["total"]["prompt_tokens"] == 4500
 
@@ -116,3 +117,35 @@ def test_main_reads_the_database_from_the_environment(tmp_path, monkeypatch, cap
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert main(["usage", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["groups"][0]["group"] == "m"
+
+
+def test_export_streams_the_raw_rows_of_the_period_as_csv(config, capsys):
+    assert run(config, "export", "--since", "7d", "--format", "csv") == 0
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 4  # the 10-day-old row is outside the period
+    assert {row["backend"] for row in rows} == {"qwen-oauth", "dashscope"}
+    assert sorted(row["prompt_tokens"] for row in rows) == ["", "1000", "3000", "500"]
+
+
+def test_export_as_json_lines_holds_every_field(config, capsys):
+    assert run(config, "export", "--since", "30d", "--format", "jsonl") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 5
+    assert rows[0]["backend"] == "old"  # oldest first
+    assert set(rows[0]) == set(UsageRecord(started_at=0).as_row())
+
+
+def test_export_pages_through_rows_that_share_a_start_time(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    ledger = UsageLedger(db)
+    now = time.time()
+    for i in range(25):
+        ledger.record(UsageRecord(started_at=now - 100 - (i // 10), session_id=f"s{i}"))
+    ledger.flush()
+    exported = list(ledger.export(3600, page=7))
+    assert sorted(row["session_id"] for row in exported) == sorted(f"s{i}" for i in range(25))
+    ledger.close()
+    db.dispose()

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, request
 
 from qwenproxy.api.charts import bar_chart, column_chart, format_number
 from qwenproxy.api.context import require_client_or_key_param, services
-from qwenproxy.api.usage import since_param
+from qwenproxy.api.usage import aggregates_state, since_param
 
 bp = Blueprint("dashboard", __name__)
 bp.before_request(require_client_or_key_param)
@@ -172,7 +172,23 @@ def _recent_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return f'<div class="panel"><table>{head}{"".join(body)}</table></div>'
 
 
-def render_dashboard(overview: Mapping[str, Any], since: str, key: str | None) -> str:
+def _building_notice(aggregates: Mapping[str, Any]) -> str:
+    if aggregates.get("state") != "building":
+        return ""
+    done, total = aggregates.get("done", 0), aggregates.get("total", 0)
+    share = f" ({100 * done / total:.0f}% of {format_number(total)} rows)" if total else ""
+    return (
+        '<p class="err">The usage totals are being built from the rows of an older ledger'
+        f"{escape(share)}; until that is done they leave out part of the older requests.</p>"
+    )
+
+
+def render_dashboard(
+    overview: Mapping[str, Any],
+    since: str,
+    key: str | None,
+    aggregates: Mapping[str, Any] | None = None,
+) -> str:
     """The whole page. `key` is carried into the period links when it came in the URL."""
 
     def link(period: str) -> str:
@@ -188,7 +204,8 @@ def render_dashboard(overview: Mapping[str, Any], since: str, key: str | None) -
         )
     else:
         content = (
-            f'<div class="cards">{_cards(overview["total"], overview["dropped"])}</div>'
+            _building_notice(aggregates or {})
+            + f'<div class="cards">{_cards(overview["total"], overview["dropped"])}</div>'
             f"<h2>Over time</h2>{_series_charts(overview['series'], overview['bucket_s'])}"
             f"<h2>Latency</h2>{_percentile_charts(overview['by_model'])}"
             f"<h2>Errors</h2>{_errors_chart(overview['by_backend'])}"
@@ -211,7 +228,9 @@ def render_dashboard(overview: Mapping[str, Any], since: str, key: str | None) -
 def dashboard() -> Response:
     since, since_s = since_param()
     overview = services().ledger.overview(since_s, recent=RECENT_ROWS)
-    page = render_dashboard(overview, since, request.args.get("key", "").strip() or None)
+    page = render_dashboard(
+        overview, since, request.args.get("key", "").strip() or None, aggregates_state()
+    )
     response = Response(page, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Cache-Control"] = "no-store"

@@ -60,8 +60,16 @@ def usage_stats() -> dict[str, Any]:
         "since_s": since_s,
         "group_by": group_by,
         "accounting": ledger.enabled,
+        "aggregates": aggregates_state(),
         "data": ledger.stats(since_s, group_by),
     }
+
+
+def aggregates_state() -> dict[str, Any]:
+    """Whether the aggregates hold the whole ledger (`ready`) or are still being built from
+    the rows of an older ledger (`building`, with rows done and total)."""
+    upkeep = services().upkeep
+    return upkeep.state() if upkeep is not None else {"state": "off"}
 
 
 @bp.get("/usage/recent")

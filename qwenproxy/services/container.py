@@ -33,6 +33,7 @@ from qwenproxy.services.backends import (
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.guards import SecretRedactor
+from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
@@ -74,6 +75,7 @@ class Services:
     token_managers: list[QwenTokenManager] = field(default_factory=list)
 
     ledger: UsageLedger | NullLedger | None = None
+    upkeep: LedgerUpkeep | None = None
     metrics: Metrics | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
 
@@ -178,6 +180,10 @@ def build_services(
         else UsageLedger(db, clock=clock, log_format=config.log_format)
     )
     ledger.start()
+    upkeep = None
+    if not config.disable_accounting:
+        upkeep = LedgerUpkeep(db, config.ledger_retention, clock)
+        upkeep.start()
     completions = CompletionService(
         router,
         sessions,
@@ -204,6 +210,7 @@ def build_services(
         sessions=sessions,
         token_managers=managers,
         ledger=ledger,
+        upkeep=upkeep,
         metrics=metrics,
         secrets=secrets,
     )

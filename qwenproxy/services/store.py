@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -21,6 +22,9 @@ from qwenproxy.errors import ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
+T = TypeVar("T")
+# A read on the ledger's side connections may run this long before PostgreSQL cancels it.
+STATEMENT_TIMEOUT_MS = 10000
 
 sessions_table = sa.Table(
     "qp_sessions",
@@ -70,10 +74,13 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._sql_cache: dict[str, str] = {}
+        self._side: list[sqlite3.Connection] = []  # idle connections of `offload`
+        self._sqlite_path: str | None = None
         if self.is_sqlite:
             path = sa.engine.make_url(url).database
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._sqlite_path = path or ":memory:"
             self.engine = sa.create_engine(
                 url,
                 connect_args={"check_same_thread": False, "timeout": 30},
@@ -90,14 +97,82 @@ class Database:
         for attempt in range(tries):
             try:
                 metadata.create_all(self.engine, checkfirst=True)
+                self._add_missing_columns()
                 return
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
                 if attempt == tries - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
 
+    def _add_missing_columns(self) -> None:
+        """Tables made by an older version lack the nullable columns added since: add them
+        (`ALTER TABLE ... ADD COLUMN` changes no existing row on SQLite or PostgreSQL)."""
+        inspector = sa.inspect(self.engine)
+        preparer = self.engine.dialect.identifier_preparer
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=self.engine.dialect)
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {preparer.quote(table.name)} "
+                        f"ADD COLUMN {preparer.quote(column.name)} {kind}"
+                    )
+                log.info("database: added column %s.%s", table.name, column.name)
+
     def dispose(self) -> None:
         self.engine.dispose()
+        while self._side:
+            self._side.pop().close()
+
+    # --- work that must not hold the gevent hub ------------------------------------------
+
+    def offload(self, work: Callable[[Any], T]) -> T:
+        """Run `work(connection)` on a DBAPI connection without holding the gevent hub for
+        the database's time. SQLite's calls block the calling thread, so under gevent they
+        run in the hub's pool of native threads, on connections of their own (no SQLAlchemy
+        in those threads); psycopg 3 waits cooperatively under gevent (from 3.1.14, source:
+        psycopg/psycogreen's README), so PostgreSQL work runs in place on a pooled
+        connection. `work` uses `:name` placeholders through `sql()`; it commits what it
+        writes. Driver errors come out as SQLAlchemy's, for `database_errors`."""
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            if self.is_sqlite:
+                return _off_hub(lambda: self._on_side_connection(work))
+            conn = self.engine.raw_connection()
+            try:
+                return work(conn)
+            finally:
+                conn.close()  # back to the pool, which rolls back what was not committed
+        except dbapi_error as exc:
+            raise self._wrapped(exc, None, None, False) from exc
+
+    def _on_side_connection(self, work: Callable[[Any], T]) -> T:
+        try:
+            conn = self._side.pop()
+        except IndexError:
+            conn = sqlite3.connect(self._sqlite_path, timeout=30, check_same_thread=False)
+            _sqlite_pragmas(conn, None)
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.rollback()
+            conn.close()
+            raise
+        conn.rollback()  # a read's implicit transaction ends here; writes were committed
+        self._side.append(conn)
+        return result
+
+    def sql(self, text: str) -> str:
+        """`text` with `:name` placeholders in the driver's own style."""
+        return self._driver_sql(text)
+
+    def limit_statement_time(self, cursor: Any) -> None:
+        """Let PostgreSQL cancel a runaway read of this transaction (SQLite has no timer)."""
+        if not self.is_sqlite:
+            cursor.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
 
     def fetch_row(self, sql: str, **params: Any) -> tuple[Any, ...] | None:
         """One row (a plain tuple, columns in SELECT order) of a hot-path read by key, on a
@@ -146,6 +221,18 @@ class Database:
             cached = sql if self.is_sqlite else re.sub(r":(\w+)", r"%(\1)s", sql)
             self._sql_cache[sql] = cached
         return cached
+
+
+def _off_hub(call: Callable[[], T]) -> T:
+    """`call()` in gevent's native thread pool when gevent has patched threading (gunicorn's
+    gevent worker), else here."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:  # pragma: no cover - gevent is a requirement
+        return call()
+    if not monkey.is_module_patched("threading"):
+        return call()
+    return get_hub().threadpool.apply(call)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,7 +1,8 @@
 """Accounting and performance ledger: one `UsageRecord` per request, queued without I/O,
-written in batches to `qp_usage` by a background writer that also logs one line per
-request; queries for totals per group, time series and recent rows (the arithmetic is in
-usage_stats.py).
+written in batches to `qp_usage` (with the aggregates' deltas, in one transaction) by a
+background writer that also logs one line per request; queries for totals per group, time
+series (from the aggregates, usage_aggregates.py), recent rows and exports (through the
+started_at index).
 """
 
 from __future__ import annotations
@@ -12,27 +13,26 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
+from qwenproxy.services import usage_aggregates as agg
 from qwenproxy.services.store import Database, database_errors, describe_db_error, metadata
-from qwenproxy.services.usage_stats import (
-    GROUP_BY,
-    STAT_COLUMNS,
-    bucket_width,
-    grouped,
-    summarize,
-)
+from qwenproxy.services.usage_stats import GROUP_BY, bucket_width, utc_day
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("qwenproxy.requests")
 
 LOG_FORMATS = ("human", "json")
 DROP_WARNING_INTERVAL_S = 60.0
+MAX_GROUPS = 1000  # groups one stats read returns at most (the busiest)
+DASHBOARD_GROUPS = 20
+READ_CACHE_S = 2.0
+READ_CACHE_ENTRIES = 64
 
 
 def _new_id() -> str:
@@ -83,6 +83,10 @@ class UsageRecord:
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RECORD_FIELDS}
 
+    def aggregate_source(self) -> tuple[Any, ...]:
+        """The values the aggregates are made of (usage_aggregates.SOURCE_COLUMNS)."""
+        return tuple(getattr(self, name) for name in agg.SOURCE_COLUMNS)
+
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord))
 
@@ -118,8 +122,16 @@ usage_table = sa.Table(
     sa.Column("failover_attempts", sa.Integer, nullable=False),
     sa.Column("loop_detected", sa.Boolean, nullable=False),
     sa.Column("command_only", sa.Boolean, nullable=False),
+    # When the writer stored the row (and added it to the aggregates); None on rows from
+    # before the aggregates existed, which the upkeep adds once (ledger_upkeep.py).
+    sa.Column("written_at", sa.Float),
     sa.Index("ix_qp_usage_started_at", "started_at"),
 )
+INSERT_SQL = (
+    f"INSERT INTO qp_usage ({', '.join(RECORD_FIELDS)}, written_at) "
+    f"VALUES ({', '.join(':' + name for name in RECORD_FIELDS)}, :written_at)"
+)
+
 
 def _log_value(value: Any) -> str:
     """One whitespace-free token: client-chosen names must not forge log lines."""
@@ -179,6 +191,7 @@ class UsageLedger:
         batch_size: int = 500,
         flush_interval: float = 0.25,
         log_format: str = "human",
+        read_cache_s: float = READ_CACHE_S,
     ) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
@@ -201,6 +214,10 @@ class UsageLedger:
         self._drop_warned_at: float | None = None
         self._failed = 0
         self._written = 0
+        self._read_cache_s = read_cache_s
+        self._cache: dict[tuple[Any, ...], tuple[float, int, Any]] = {}
+        self._read_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._generation = 0  # bumped by flush(): reads after it are fresh
 
     # --- the request path ----------------------------------------------------------------
 
@@ -254,6 +271,7 @@ class UsageLedger:
         try:
             return self._drain(deadline)
         finally:
+            self._generation += 1
             self._write_lock.release()
 
     def close(self, timeout: float = 5.0) -> None:
@@ -297,10 +315,25 @@ class UsageLedger:
             self._warn_dropped()
 
     def _write(self, batch: list[UsageRecord]) -> None:
-        rows = [rec.as_row() for rec in batch]
+        written_at = self._clock()
+        rows = [{**rec.as_row(), "written_at": written_at} for rec in batch]
+        deltas = agg.Deltas()
+        for rec in batch:
+            deltas.add(rec.aggregate_source())
+        buckets = deltas.rows()
+        insert = self._db.sql(INSERT_SQL)
+
+        def store(conn: Any) -> None:
+            cursor = conn.cursor()
+            try:
+                cursor.executemany(insert, rows)
+                agg.upsert(cursor, buckets, not self._db.is_sqlite)
+            finally:
+                cursor.close()
+            conn.commit()
+
         try:
-            with self._db.engine.begin() as conn:
-                conn.execute(usage_table.insert(), rows)
+            self._db.offload(store)
             self._written += len(rows)
         except Exception as exc:  # a failing database must not stop accounting
             self._failed += len(rows)
@@ -331,75 +364,155 @@ class UsageLedger:
 
     # --- queries -------------------------------------------------------------------------
 
-    def _rows_since(self, since_s: float) -> list[Any]:
-        cutoff = self._clock() - since_s
-        columns = [usage_table.c[name] for name in STAT_COLUMNS]
-        query = sa.select(*columns).where(usage_table.c.started_at >= cutoff)
-        return self._query(query)
+    def _read(self, work: Callable[[Any], Any]) -> Any:
+        """Run a read on the database without holding the hub (see Database.offload)."""
 
-    def _query(self, query: sa.Select) -> list[Any]:
+        def bounded(conn: Any) -> Any:
+            cursor = conn.cursor()
+            try:
+                self._db.limit_statement_time(cursor)
+                return work(cursor)
+            finally:
+                cursor.close()
+
         with database_errors("reading the usage ledger", code="usage_database_unavailable"):
-            with self._db.engine.connect() as conn:
-                return list(conn.execute(query))
+            return self._db.offload(bounded)
+
+    def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        statement = self._db.sql(sql)
+
+        def work(cursor: Any) -> list[tuple[Any, ...]]:
+            cursor.execute(statement, dict(params))
+            return cursor.fetchall()
+
+        return self._read(work)
+
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """`compute()`, shared by identical reads within READ_CACHE_S (and waited for by
+        the ones that arrive while it runs): however many dashboards refresh, each window
+        costs one read of the aggregates. `flush()` makes the next reads fresh."""
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic() and hit[1] == self._generation:
+            return hit[2]
+        lock = self._read_locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > time.monotonic() and hit[1] == self._generation:
+                return hit[2]
+            generation = self._generation
+            value = compute()
+            if len(self._cache) >= READ_CACHE_ENTRIES:
+                self._cache.clear()
+                self._read_locks = {key: lock}
+            self._cache[key] = (time.monotonic() + self._read_cache_s, generation, value)
+            return value
+
+    def _groups(self, dim: str, parts: list[Any], limit: int) -> list[dict[str, Any]]:
+        where, params = agg.range_clause(parts)
+        rows = self._fetch(agg.grouped_sql(where), {**params, "dim": dim, "limit": limit})
+        return [agg.summary(row[0] if dim != "all" else "all", row[1:]) for row in rows]
+
+    def _buckets(self, parts: list[Any]) -> list[tuple[Any, ...]]:
+        """(bucket start, counters...) of the `all` series in `parts`."""
+        where, params = agg.range_clause(parts)
+        return self._fetch(agg.series_sql(where), params)
 
     def stats(self, since_s: float, group_by: str | None = None) -> list[dict[str, Any]]:
-        """One summary per group of the rows of the last `since_s` seconds; `group_by` is
-        None (one "all" row) or one of GROUP_BY (`day` is the UTC date)."""
+        """One summary per group of the last `since_s` seconds (whole minutes, see
+        usage_aggregates.window); `group_by` is None (one "all" row) or one of GROUP_BY
+        (`day` is the UTC date). At most MAX_GROUPS groups, the busiest first."""
         if group_by is not None and group_by not in GROUP_BY:
             raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
-        return grouped(self._rows_since(since_s), group_by)
+        return self._cached(("stats", since_s, group_by), lambda: self._stats(since_s, group_by))
+
+    def _stats(self, since_s: float, group_by: str | None) -> list[dict[str, Any]]:
+        parts = agg.cover(*agg.window(self._clock(), since_s))
+        if group_by is None:
+            return self._groups("all", parts, 1) or [agg.summary("all", agg.empty())]
+        if group_by != "day":
+            return self._groups(agg.DIM_OF_GROUP[group_by], parts, MAX_GROUPS)
+        days: dict[str, list[Any]] = {}
+        for row in self._buckets(parts):
+            agg.add_into(days.setdefault(utc_day(row[0]), agg.empty()), row[1:])
+        return [agg.summary(day, counters) for day, counters in sorted(days.items())]
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The latest `limit` rows, newest first."""
-        query = (
-            sa.select(usage_table)
-            .order_by(usage_table.c.started_at.desc(), usage_table.c.id.desc())
-            .limit(limit)
-        )
-        return [_plain_row(row) for row in self._query(query)]
+        """The latest `limit` rows, newest first (through the started_at index)."""
+        rows = self._fetch(RECENT_SQL, {"limit": limit})
+        return [_plain_row(row) for row in rows]
 
     def overview(self, since_s: float, buckets: int = 48, recent: int = 20) -> dict[str, Any]:
         """What the dashboard shows: totals, a time series, per-model and per-backend
-        summaries and the latest rows, from one scan of the period."""
-        rows = self._rows_since(since_s)
+        summaries and the latest rows: four bounded reads of the aggregates and the index."""
+        return self._cached(
+            ("overview", since_s, buckets, recent),
+            lambda: self._overview(since_s, buckets, recent),
+        )
+
+    def _overview(self, since_s: float, buckets: int, recent: int) -> dict[str, Any]:
         now = self._clock()
+        lo, hi = agg.window(now, since_s)
         width = bucket_width(since_s, buckets)
         first = math.floor((now - since_s) / width) * width
         count = math.floor((now - first) / width) + 1
+        points = [agg.empty() for _ in range(count)]
+        # Only resolutions that nest in the series' width, so each bucket falls in one point.
+        levels = [level for level in agg.RESOLUTIONS if width % level[1] == 0]
+        for row in self._buckets(agg.cover(lo, hi, levels)):
+            index = min(count - 1, max(0, int((row[0] - first) // width)))
+            agg.add_into(points[index], row[1:])
+        total = agg.empty()
+        for point in points:
+            agg.add_into(total, point)
         series = [
             {
                 "start": first + i * width,
-                "requests": 0,
-                "errors": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
+                "requests": int(point[agg.REQUESTS]),
+                "errors": int(point[agg.ERRORS]),
+                "prompt_tokens": int(point[agg.PROMPT]),
+                "completion_tokens": int(point[agg.COMPLETION]),
             }
-            for i in range(count)
+            for i, point in enumerate(points)
         ]
-        for row in rows:
-            index = min(count - 1, max(0, int((row.started_at - first) // width)))
-            point = series[index]
-            point["requests"] += 1
-            point["errors"] += row.status >= 400
-            point["prompt_tokens"] += row.prompt_tokens or 0
-            point["completion_tokens"] += row.completion_tokens or 0
+        parts = agg.cover(lo, hi)
         return {
             "enabled": True,
             "since_s": since_s,
             "now": now,
             "bucket_s": width,
-            "total": summarize("all", rows),
+            "total": agg.summary("all", total),
             "series": series,
-            "by_model": grouped(rows, "model"),
-            "by_backend": grouped(rows, "backend"),
+            "by_model": self._groups("model", parts, DASHBOARD_GROUPS),
+            "by_backend": self._groups("backend", parts, DASHBOARD_GROUPS),
             "recent": self.recent(recent),
             "dropped": self._dropped,
         }
 
+    def export(self, since_s: float, page: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every raw row of the last `since_s` seconds, oldest first, read in pages through
+        the started_at index (so memory stays at one page whatever the period)."""
+        after = (self._clock() - since_s, "")
+        while True:
+            rows = self._fetch(EXPORT_SQL, {"started": after[0], "id": after[1], "limit": page})
+            for row in rows:
+                yield _plain_row(row)
+            if len(rows) < page:
+                return
+            after = (rows[-1][1], rows[-1][0])  # (started_at, id) of the page's last row
 
-def _plain_row(row: Any) -> dict[str, Any]:
-    values = dict(row._mapping)
-    for name in ("stream", "loop_detected", "command_only"):
+
+_SELECTED = ", ".join(RECORD_FIELDS)
+RECENT_SQL = f"SELECT {_SELECTED} FROM qp_usage ORDER BY started_at DESC, id DESC LIMIT :limit"
+EXPORT_SQL = (
+    f"SELECT {_SELECTED} FROM qp_usage WHERE started_at > :started "
+    "OR (started_at = :started AND id > :id) ORDER BY started_at, id LIMIT :limit"
+)
+_BOOLEAN_FIELDS = ("stream", "loop_detected", "command_only")
+
+
+def _plain_row(row: Sequence[Any]) -> dict[str, Any]:
+    values = dict(zip(RECORD_FIELDS, row, strict=True))
+    for name in _BOOLEAN_FIELDS:
         values[name] = bool(values[name])
     return values
 
@@ -433,13 +546,16 @@ class NullLedger:
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         return []
 
+    def export(self, since_s: float, page: int = 5000) -> Iterator[dict[str, Any]]:
+        return iter(())
+
     def overview(self, since_s: float, buckets: int = 48, recent: int = 20) -> dict[str, Any]:
         return {
             "enabled": False,
             "since_s": since_s,
             "now": time.time(),
             "bucket_s": bucket_width(since_s, buckets),
-            "total": summarize("all", []),
+            "total": agg.summary("all", agg.empty()),
             "series": [],
             "by_model": [],
             "by_backend": [],

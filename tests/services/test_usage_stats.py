@@ -1,10 +1,10 @@
-"""Ledger arithmetic (services/usage_stats.py): durations and percentiles."""
+"""Ledger periods (services/usage_stats.py): durations."""
 
 from __future__ import annotations
 
 import pytest
 
-from qwenproxy.services.usage_stats import parse_duration, percentile
+from qwenproxy.services.usage_stats import parse_duration
 
 
 @pytest.mark.parametrize(
@@ -19,10 +19,3 @@ def test_durations_parse(text, seconds):
 def test_bad_durations_are_rejected(text):
     with pytest.raises(ValueError):
         parse_duration(text)
-
-
-def test_percentiles_interpolate_linearly():
-    assert percentile([], 0.5) is None
-    assert percentile([7.0], 0.95) == 7.0
-    assert percentile([4, 1, 3, 2], 0.5) == 2.5
-    assert percentile(list(range(1, 101)), 0.95) == pytest.approx(95.05)
