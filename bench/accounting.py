@@ -14,9 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qwenproxy.services.metrics import Metrics  # noqa: E402
 from qwenproxy.services.store import Database  # noqa: E402
 from qwenproxy.services.usage import UsageLedger, UsageRecord  # noqa: E402
-from qwenproxy.services.usage_stats import percentile  # noqa: E402
 
 TARGET_P50_US = 50.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def run(count: int) -> int:

@@ -408,14 +408,13 @@ class UsageLedger:
             return value
 
     def _groups(self, dim: str, parts: list[Any], limit: int) -> list[dict[str, Any]]:
-        where, params = agg.range_clause(parts)
-        rows = self._fetch(agg.grouped_sql(where), {**params, "dim": dim, "limit": limit})
+        sql, params = agg.grouped_sql(parts)
+        rows = self._fetch(sql, {**params, "dim": dim, "limit": limit})
         return [agg.summary(row[0] if dim != "all" else "all", row[1:]) for row in rows]
 
     def _buckets(self, parts: list[Any]) -> list[tuple[Any, ...]]:
         """(bucket start, counters...) of the `all` series in `parts`."""
-        where, params = agg.range_clause(parts)
-        return self._fetch(agg.series_sql(where), params)
+        return self._fetch(*agg.series_sql(parts))
 
     def stats(self, since_s: float, group_by: str | None = None) -> list[dict[str, Any]]:
         """One summary per group of the last `since_s` seconds (whole minutes, see

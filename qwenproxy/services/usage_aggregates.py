@@ -228,29 +228,42 @@ def cover(lo: int, hi: int, levels: Sequence[tuple[str, int]] = RESOLUTIONS) -> 
     return [(res, first, end), *cover(lo, first, finer), *cover(end, hi, finer)]
 
 
-def range_clause(parts: Sequence[tuple[str, int, int]]) -> tuple[str, dict[str, Any]]:
-    """SQL (`:name` placeholders) selecting the buckets of `parts`; FALSE when empty."""
+def ranged_rows(
+    parts: Sequence[tuple[str, int, int]], columns: str, dim: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """A subquery (`:name` placeholders) of the `columns` of the buckets of `parts` in
+    dimension `:dim`: one index range per part, joined with UNION ALL (an OR of the
+    ranges let SQLite scan every bucket of the dimension)."""
     if not parts:
-        return "1 = 0", {}
-    clauses, params = [], {}
+        return f"SELECT {columns} FROM qp_usage_agg WHERE 1 = 0", {}
+    selects, params = [], {}
     for i, (res, first, end) in enumerate(parts):
-        clauses.append(f"(res = :r{i} AND bucket >= :a{i} AND bucket < :b{i})")
+        selects.append(
+            f"SELECT {columns} FROM qp_usage_agg WHERE dim = :dim AND res = :r{i} "
+            f"AND bucket >= :a{i} AND bucket < :b{i}"
+        )
         params.update({f"r{i}": res, f"a{i}": first, f"b{i}": end})
-    return "(" + " OR ".join(clauses) + ")", params
+    return " UNION ALL ".join(selects), params
 
 
+_COUNTER_LIST = ", ".join(COUNTERS)
 SUM_SELECT = ", ".join(f"SUM({c})" for c in COUNTERS)
 
 
-def grouped_sql(where: str) -> str:
-    return (
-        f"SELECT grp, {SUM_SELECT} FROM qp_usage_agg WHERE dim = :dim AND {where} "
+def grouped_sql(parts: Sequence[tuple[str, int, int]]) -> tuple[str, dict[str, Any]]:
+    """Counters summed per group over `parts` (`:dim`, `:limit` to bind), busiest first."""
+    inner, params = ranged_rows(parts, f"grp, {_COUNTER_LIST}")
+    sql = (
+        f"SELECT grp, {SUM_SELECT} FROM ({inner}) AS buckets "
         "GROUP BY grp ORDER BY SUM(requests) DESC, grp LIMIT :limit"
     )
+    return sql, params
 
 
-def series_sql(where: str) -> str:
-    return f"SELECT bucket, {', '.join(COUNTERS)} FROM qp_usage_agg WHERE dim = 'all' AND {where}"
+def series_sql(parts: Sequence[tuple[str, int, int]]) -> tuple[str, dict[str, Any]]:
+    """(bucket start, counters...) of the `all` series over `parts`."""
+    inner, params = ranged_rows(parts, f"bucket, {_COUNTER_LIST}")
+    return inner, {**params, "dim": "all"}
 
 
 # --- reading counters ----------------------------------------------------------------------

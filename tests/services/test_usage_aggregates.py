@@ -4,6 +4,7 @@ from the aggregates as from the raw rows (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 
@@ -102,7 +103,9 @@ GROUP_KEY = {
     "backend": lambda r: r.backend or "-",
     "session": lambda r: r.session_id or "-",
     "key": lambda r: r.client_key_id or "-",
-    "day": lambda r: __import__("datetime").datetime.utcfromtimestamp(r.started_at).date().isoformat(),
+    "day": lambda r: datetime.datetime.fromtimestamp(r.started_at, datetime.timezone.utc)
+    .date()
+    .isoformat(),
 }
 
 
