@@ -75,6 +75,9 @@ class Services:
 
     ledger: UsageLedger | NullLedger | None = None
     metrics: Metrics | None = None
+    # Records what the pipeline never saw (requests refused at the edge); the same
+    # Accounting the pipeline records with.
+    accounting: Accounting | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
 
 
@@ -178,6 +181,7 @@ def build_services(
         else UsageLedger(db, clock=clock, log_format=config.log_format)
     )
     ledger.start()
+    accounting = Accounting(ledger, metrics, known_model=router.is_model_name)
     completions = CompletionService(
         router,
         sessions,
@@ -192,7 +196,7 @@ def build_services(
             redact_api_keys=config.redact_api_keys_in_prompts,
         ),
         stream_keepalive=config.stream_keepalive,
-        accounting=Accounting(ledger, metrics, known_model=router.is_model_name),
+        accounting=accounting,
     )
     return Services(
         config=config,
@@ -205,5 +209,6 @@ def build_services(
         token_managers=managers,
         ledger=ledger,
         metrics=metrics,
+        accounting=accounting,
         secrets=secrets,
     )
