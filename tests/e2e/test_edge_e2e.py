@@ -292,3 +292,12 @@ def test_every_refused_request_gets_exactly_one_ledger_row(proxy, fake):
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("qwenproxy_requests_total{"))
     assert counted == 7
+
+
+def test_a_printable_name_outside_ascii_is_forwarded_and_its_header_stays_one_header(proxy, fake):
+    client = openai_client(proxy, KEY)
+    raw = client.chat.completions.with_raw_response.create(model="модель", messages=USER)
+    assert raw.parse().choices[0].message.content == "Hello from fake"
+    assert fake.chat_requests[-1]["body"]["model"] == "модель"
+    assert raw.headers["X-Qwenproxy-Model"] == "%D0%BC%D0%BE%D0%B4%D0%B5%D0%BB%D1%8C"
+    assert [r["upstream_model"] for r in ledger(proxy, 1)] == ["модель"]
