@@ -100,7 +100,7 @@ def _first_error(messages: Any, path: str = "") -> tuple[str, str]:
     return path, str(messages)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     """Decode a request body that must be one JSON object, nested no deeper than the
     proxy can encode again (`input_rules.MAX_JSON_DEPTH`)."""
     if not raw:
@@ -118,7 +118,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def load_chat_completion_request(raw: bytes) -> dict[str, Any]:
+def load_chat_completion_request(raw: bytes | bytearray) -> dict[str, Any]:
     body = parse_json_object(raw)
     try:
         return CHAT_COMPLETION_REQUEST.load(body)

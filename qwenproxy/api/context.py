@@ -32,7 +32,7 @@ def require_client() -> None:
 
 
 def request_json(
-    load: Callable[[bytes], dict[str, Any]] = parse_json_object,
+    load: Callable[[bytearray], dict[str, Any]] = parse_json_object,
 ) -> dict[str, Any]:
     """The body of this request, checked before anything goes upstream: at most
     MAX_BODY_BYTES however it is framed (Content-Length or chunked; never more is held),

@@ -24,6 +24,7 @@ from qwenproxy.services.store import (
 
 SESSION_ID_COLUMN = 128  # qp_sessions.id
 SESSION_HASH_MARK = "~"
+NAMED_FIELDS = ("model", "backend", "oneoff")  # session fields that hold names
 
 
 def session_id_for(client_id: str, header: str | None) -> str:
@@ -63,11 +64,11 @@ class LoadedSession:
 def _valid_names(state: SessionState) -> SessionState:
     """A stored state without the names today's rules refuse (a session set before the
     rules existed, e.g. to a model with a line break): those count as unset."""
-    bad = {
-        name: None
-        for name in ("model", "backend", "oneoff")
-        if isinstance(value := getattr(state, name), str) and name_problem(value, name)
-    }
+    bad = {}
+    for name in NAMED_FIELDS:
+        value = getattr(state, name)
+        if value is not None and name_problem(value, name) is not None:
+            bad[name] = None
     return state.changed(**bad) if bad else state
 
 
