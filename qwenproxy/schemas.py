@@ -12,6 +12,7 @@ import orjson
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.input_rules import too_deep, too_deep_error
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
@@ -99,20 +100,25 @@ def _first_error(messages: Any, path: str = "") -> tuple[str, str]:
     return path, str(messages)
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be one JSON object."""
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object, nested no deeper than the
+    proxy can encode again (`input_rules.MAX_JSON_DEPTH`)."""
     if not raw:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # orjson.loads stops at 1024
+            raise too_deep_error() from None
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    if too_deep(raw, body):
+        raise too_deep_error()
     return body
 
 
-def load_chat_completion_request(raw: bytes) -> dict[str, Any]:
+def load_chat_completion_request(raw: bytes | bytearray) -> dict[str, Any]:
     body = parse_json_object(raw)
     try:
         return CHAT_COMPLETION_REQUEST.load(body)

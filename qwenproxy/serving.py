@@ -12,6 +12,13 @@ from typing import Any
 from qwenproxy.config import Config
 
 WORKER_CONNECTIONS = 4000  # concurrent connections per gevent worker
+# gunicorn's gevent worker, answering what gunicorn itself refuses with JSON and a ledger row.
+WORKER_CLASS = "qwenproxy.services.edge_worker.EdgeGeventWorker"
+# gunicorn's limits on a request's head (its defaults, set here so that the worker's
+# 414/431 answers can name them): request line bytes, header fields, bytes per field.
+LIMIT_REQUEST_LINE = 4094
+LIMIT_REQUEST_FIELDS = 100
+LIMIT_REQUEST_FIELD_SIZE = 8190
 METRICS_DIRNAME = "metrics"  # under the data dir: the workers' Prometheus value files
 # prometheus_client reads this when its metric values are created (in the workers).
 PROMETHEUS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -73,7 +80,10 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
     return {
         "bind": [bind_address(config.host, config.port)],
         "workers": config.workers,
-        "worker_class": "gevent",
+        "worker_class": WORKER_CLASS,
+        "limit_request_line": LIMIT_REQUEST_LINE,
+        "limit_request_fields": LIMIT_REQUEST_FIELDS,
+        "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
         "worker_connections": WORKER_CONNECTIONS,
         "graceful_timeout": max(1, round(config.graceful_timeout)),
         "timeout": 60,

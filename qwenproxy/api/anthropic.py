@@ -4,16 +4,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import orjson
-from flask import Blueprint, Response, request
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Response
 
-from qwenproxy.api.context import require_client, translated_door
-from qwenproxy.api.errors import proxy_error_for
+from qwenproxy.api.context import request_json, require_client, translated_door
+from qwenproxy.api.errors import refusal_for
 from qwenproxy.errors import ProxyError
-from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.anthropic_format import (
     error_body_for,
     estimate_input_tokens,
@@ -21,8 +17,6 @@ from qwenproxy.services.anthropic_format import (
     to_message,
 )
 from qwenproxy.services.anthropic_stream import AnthropicStream
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("anthropic", __name__)
 bp.before_request(require_client)
@@ -43,7 +37,7 @@ def messages() -> Response:
 
 @bp.post("/v1/messages/count_tokens")
 def count_tokens() -> dict[str, int]:
-    return {"input_tokens": estimate_input_tokens(parse_json_object(request.get_data()))}
+    return {"input_tokens": estimate_input_tokens(request_json())}
 
 
 def error_response(error: ProxyError) -> Response:
@@ -55,17 +49,6 @@ def error_response(error: ProxyError) -> Response:
     return response
 
 
-@bp.errorhandler(ProxyError)
-def _proxy_error(exc: ProxyError) -> Response:
-    return error_response(exc)
-
-
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    return error_response(proxy_error_for(exc))
-
-
 @bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.path)
-    return error_response(ProxyError("The proxy hit an internal error; see its log."))
+def _error(exc: Exception) -> Response:
+    return error_response(refusal_for(exc))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from qwenproxy.api.context import pipeline_response, request_context, require_client, services
+from qwenproxy.api.context import (
+    pipeline_response,
+    request_context,
+    request_json,
+    require_client,
+    services,
+)
 from qwenproxy.schemas import load_chat_completion_request
 
 bp = Blueprint("chat", __name__)
@@ -13,5 +19,5 @@ bp.before_request(require_client)
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    body = load_chat_completion_request(request.get_data(cache=False))
+    body = request_json(load_chat_completion_request)
     return pipeline_response(services().completions.handle(body, request_context()))

@@ -1,5 +1,6 @@
-"""What views share: the services of the current app, the client check, and the
-per-request context (client, session) handed to the pipeline."""
+"""What views share: the services of the current app, the client check, the request body
+(read with a cap and checked by `services/input_rules.py`, one step for every door), and
+the per-request context (client, session) handed to the pipeline."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import orjson
 from flask import Response, current_app, g, request
 from werkzeug.datastructures import Headers
 
+from qwenproxy.errors import ClientGoneError, InvalidRequestError, ProxyError
 from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.completions import Completion, RequestContext, StreamingCompletion
 from qwenproxy.services.container import Services
+from qwenproxy.services.input_rules import check_request_model, read_capped
 from qwenproxy.services.pipeline_frames import StreamTranslator, translate_frames
 from qwenproxy.services.sessions import session_id_for
 from qwenproxy.services.transport import peer_closed
@@ -26,6 +29,32 @@ def services() -> Services:
 def require_client() -> None:
     """`before_request` hook of the API blueprints: 401/403 unless the client may pass."""
     g.client_id = services().access.check(request.headers, request.remote_addr)
+
+
+def request_json(
+    load: Callable[[bytearray], dict[str, Any]] = parse_json_object,
+) -> dict[str, Any]:
+    """The body of this request, checked before anything goes upstream: at most
+    MAX_BODY_BYTES however it is framed (Content-Length or chunked; never more is held),
+    decoded and nested no deeper than the proxy can encode again (`load`, which also
+    applies a door's schema), and a `model` that is a valid name."""
+    try:
+        raw = read_capped(
+            request.environ["wsgi.input"],
+            request.content_length,
+            services().config.max_body_bytes,
+        )
+    except ProxyError:
+        raise
+    except OSError:  # gunicorn's NoMoreData too: the client left before its body ended
+        raise ClientGoneError("The client closed the connection while sending the body.") from None
+    except Exception as exc:  # gunicorn's parse errors of a chunked body
+        raise InvalidRequestError(
+            f"The request body is not valid chunked encoding ({type(exc).__name__})."
+        ) from None
+    body = load(raw)
+    check_request_model(body)
+    return body
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -58,9 +87,7 @@ def translated_door(
 ) -> Response:
     """A front door that speaks another API: translate the body into a chat request, run
     the pipeline, and translate its answer (or its stream) back."""
-    translated = to_chat(
-        parse_json_object(request.get_data(cache=False)), services().config.anthropic_model_map
-    )
+    translated = to_chat(request_json(), services().config.anthropic_model_map)
     result = services().completions.handle(
         translated.chat, request_context(requested_model=translated.model)
     )
@@ -78,12 +105,14 @@ def request_context(requested_model: str | None = None) -> RequestContext:
     client_id = g.client_id
     session = session_id_for(client_id, request.headers.get("X-Session-ID"))
     sock = request.environ.get("gunicorn.socket")
-    return RequestContext(
+    ctx = RequestContext(
         client_id,
         session,
         requested_model=requested_model,
         client_gone=None if sock is None else functools.partial(peer_closed, sock),
     )
+    g.pipeline_ctx = ctx  # an error handler records the request if the pipeline did not
+    return ctx
 
 
 def require_client_or_key_param() -> None:

@@ -1,11 +1,13 @@
-"""Every error leaves as OpenAI-shaped JSON with a fitting status — never a traceback."""
+"""Every error leaves as OpenAI-shaped JSON with a fitting status — never a traceback —
+and a request refused before (or outside) the pipeline still gets its ledger row."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from qwenproxy.errors import (
@@ -15,6 +17,7 @@ from qwenproxy.errors import (
     PayloadTooLargeError,
     ProxyError,
 )
+from qwenproxy.services.completions import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,30 @@ def error_response(error: ProxyError) -> Response:
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
+
+
+def record_refusal(error: ProxyError) -> None:
+    """One ledger row (and metrics) for a request that ends with `error` here: refused at
+    the edge (client check, body, names, unknown route) or failed outside the pipeline's
+    own accounting. Requests the pipeline has recorded are left alone, and so are the
+    browser's GETs outside the API (a dashboard's favicon is not a request to count)."""
+    ctx: RequestContext | None = g.get("pipeline_ctx")
+    if ctx is not None and ctx.finished_at is not None:
+        return
+    if ctx is None:
+        if request.method in ("GET", "HEAD") and not request.path.startswith("/v1/"):
+            return
+        ctx = RequestContext(g.get("client_id") or "", "")
+    services = current_app.extensions.get("qwenproxy")
+    accounting = getattr(services, "accounting", None)
+    if accounting is None:
+        return
+    ctx.fail(error)
+    ctx.finished_at = time.perf_counter()
+    try:
+        accounting.finished(ctx)
+    except Exception:  # accounting must never break a request
+        log.exception("recording a refused request failed")
 
 
 def proxy_error_for(exc: HTTPException) -> ProxyError:
@@ -42,16 +69,20 @@ def proxy_error_for(exc: HTTPException) -> ProxyError:
     return ProxyError(exc.description or exc.name, status=status)
 
 
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ProxyError)
-    def _proxy_error(exc: ProxyError) -> Response:
-        return error_response(exc)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        return error_response(proxy_error_for(exc))
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
+def refusal_for(exc: Exception) -> ProxyError:
+    """The error a client sees for `exc`, recorded in the ledger on the way."""
+    if isinstance(exc, ProxyError):
+        error = exc
+    elif isinstance(exc, HTTPException):
+        error = proxy_error_for(exc)
+    else:
         log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(ProxyError("The proxy hit an internal error; see its log."))
+        error = ProxyError("The proxy hit an internal error; see its log.")
+    record_refusal(error)
+    return error
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Exception)
+    def _error(exc: Exception) -> Response:
+        return error_response(refusal_for(exc))

@@ -78,7 +78,8 @@ class Accounting:
     def finished(self, ctx: RequestContext) -> None:
         rec = usage_record(ctx)
         self.ledger.record(rec)
-        if rec.upstream_model and not self._known_model(rec.upstream_model):
+        named = rec.upstream_model or rec.requested_model  # a refusal has only the latter
+        if named and not self._known_model(named):
             # Metric labels stay bounded whatever model names clients send.
             rec = dataclasses.replace(rec, upstream_model="other", requested_model="other")
         self.metrics.observe(rec)

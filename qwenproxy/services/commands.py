@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenproxy.errors import ProxyError
+from qwenproxy.services.input_rules import name_problem
 from qwenproxy.services.router import POLICIES, FailoverRoute, Router, RouteStore
 from qwenproxy.services.sessions import LoadedSession, SessionState
 
@@ -262,9 +263,18 @@ class CommandProcessor:
     def _bad(self, name: str, problem: str) -> CommandError:
         return CommandError(f"{problem} Write it as {self._usage(name)}.")
 
+    def _check_name(self, name: str, what: str, value: str) -> str:
+        """A value that names something (model, backend, element) meets the same rules
+        as a request's `model` (`input_rules`)."""
+        problem = name_problem(value, what)
+        if problem is not None:
+            raise self._bad(name, problem)
+        return value
+
     def _check_model(self, name: str, value: str) -> str:
         if not value:
             raise self._bad(name, "The model is empty.")
+        self._check_name(name, "The model", value)
         try:
             if ":" not in value and "/" not in value and self.routes.get(value) is not None:
                 return value
@@ -289,7 +299,7 @@ class CommandProcessor:
                 out.state = out.state.changed(model=self._check_model("set", value))
                 out.lines.append(f"model set to {value}")
             elif key == "backend":
-                backend = value.strip().lower()
+                backend = self._check_name("set", "The backend", value.strip().lower())
                 if backend not in self.router.backends:
                     raise self._bad("set", self.router.unknown_backend_message(backend))
                 out.state = out.state.changed(backend=backend)
@@ -385,6 +395,7 @@ class CommandProcessor:
         element = cmd.args.get("element", "").strip()
         if not element:
             raise self._bad(name, "`element` is missing.")
+        self._check_name(name, "The element", element)
         try:
             target = self.router.target(element)
         except ProxyError as exc:

@@ -16,6 +16,7 @@ import orjson
 from qwenproxy.errors import ClientGoneError, ProxyError, RateLimitError
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
+from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
@@ -315,9 +316,12 @@ class CompletionService:
 
     @staticmethod
     def _served_by(target: Target) -> dict[str, str]:
+        """The headers that say what served a request. The model may be a client's name
+        (checked at the door or by the command that set it); `header_text` keeps it one
+        header even so."""
         return {
             "X-Qwenproxy-Backend": target.backend.name,
-            "X-Qwenproxy-Model": target.upstream_model,
+            "X-Qwenproxy-Model": header_text(target.upstream_model),
         }
 
     def _complete(

@@ -77,6 +77,9 @@ class Services:
     ledger: UsageLedger | NullLedger | None = None
     upkeep: LedgerUpkeep | None = None
     metrics: Metrics | None = None
+    # Records what the pipeline never saw (requests refused at the edge); the same
+    # Accounting the pipeline records with.
+    accounting: Accounting | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
 
 
@@ -184,6 +187,7 @@ def build_services(
     if not config.disable_accounting:
         upkeep = LedgerUpkeep(db, config.ledger_retention, clock)
         upkeep.start()
+    accounting = Accounting(ledger, metrics, known_model=router.is_model_name)
     completions = CompletionService(
         router,
         sessions,
@@ -198,7 +202,7 @@ def build_services(
             redact_api_keys=config.redact_api_keys_in_prompts,
         ),
         stream_keepalive=config.stream_keepalive,
-        accounting=Accounting(ledger, metrics, known_model=router.is_model_name),
+        accounting=accounting,
     )
     return Services(
         config=config,
@@ -212,5 +216,6 @@ def build_services(
         ledger=ledger,
         upkeep=upkeep,
         metrics=metrics,
+        accounting=accounting,
         secrets=secrets,
     )

@@ -6,13 +6,14 @@ share one; without the header, each key (or the loopback user) has one session.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import orjson
 
-from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.input_rules import check_name, name_problem
 from qwenproxy.services.store import (
     Database,
     KeyValueTable,
@@ -21,19 +22,23 @@ from qwenproxy.services.store import (
     sessions_table,
 )
 
-MAX_SESSION_HEADER = 100  # with the 12-character key id and "/", ids fit the 128 column
+SESSION_ID_COLUMN = 128  # qp_sessions.id
+SESSION_HASH_MARK = "~"
+NAMED_FIELDS = ("model", "backend", "oneoff")  # session fields that hold names
 
 
 def session_id_for(client_id: str, header: str | None) -> str:
+    """The stored id of the session `X-Session-ID` names: `<key id>/<header>`. A header
+    may be a name of up to MAX_NAME_CHARS printable characters (`input_rules`); one too
+    long for the id column is kept as `<key id>/~<sha256 of it>`."""
     if header is None or not header.strip():
         return client_id
-    value = header.strip()
-    if len(value) > MAX_SESSION_HEADER or not value.isprintable():
-        raise InvalidRequestError(
-            f"X-Session-ID must be at most {MAX_SESSION_HEADER} printable characters.",
-            param="X-Session-ID",
-        )
-    return f"{client_id}/{value}"
+    value = check_name(header.strip(), "X-Session-ID", "X-Session-ID")
+    session_id = f"{client_id}/{value}"
+    if len(session_id) <= SESSION_ID_COLUMN:
+        return session_id
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{client_id}/{SESSION_HASH_MARK}{digest}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,17 @@ class LoadedSession:
     updated_at: float | None
 
 
+def _valid_names(state: SessionState) -> SessionState:
+    """A stored state without the names today's rules refuse (a session set before the
+    rules existed, e.g. to a model with a line break): those count as unset."""
+    bad = {}
+    for name in NAMED_FIELDS:
+        value = getattr(state, name)
+        if value is not None and name_problem(value, name) is not None:
+            bad[name] = None
+    return state.changed(**bad) if bad else state
+
+
 class SessionStore:
     def __init__(self, db: Database, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._db = db
@@ -74,7 +90,7 @@ class SessionStore:
         raw, updated_at = row
         if updated_at < self._clock() - self._ttl:  # expired: start afresh
             return LoadedSession(session_id, SessionState(), raw, updated_at)
-        state = SessionState(**orjson.loads(raw))
+        state = _valid_names(SessionState(**orjson.loads(raw)))
         return LoadedSession(session_id, state, raw, updated_at)
 
     def save(self, loaded: LoadedSession, state: SessionState) -> LoadedSession | None:

@@ -191,6 +191,12 @@ def test_toggles_show_in_hello(client):
         ("!/oneoff()", "exactly one"),
         ("!/route-append(name=missing, element=dashscope:x)", "No failover route"),
         ("!/create-failover-route(name=r1, policy=zz)", "Unknown policy"),
+        # Values that name something meet the same rules as a request's model.
+        ("!/set(model=dashscope:a\x00b)", "control character"),
+        ("!/set(model=a\rb)", "control character"),
+        ("!/set(model=" + "m" * 300 + ")", "at most 256"),
+        ("!/oneoff(a\x1bb)", "control character"),
+        ("!/set(backend=dash\x7fscope)", "control character"),
     ],
 )
 def test_bad_commands_say_what_is_wrong_and_change_nothing(client, fake, fake_b, command, says):
@@ -200,6 +206,13 @@ def test_bad_commands_say_what_is_wrong_and_change_nothing(client, fake, fake_b,
     assert fake.chat_requests == [] and fake_b.chat_requests == []
     chat(client, "hi")  # the valid set(backend=...) before the bad command did not apply
     assert len(fake.chat_requests) == 1 and fake_b.chat_requests == []
+
+
+def test_a_route_element_with_a_control_character_is_refused(client, fake, fake_b):
+    chat(client, "!/create-failover-route(name=r2)")
+    text = answer(chat(client, "!/route-append(name=r2, element=dashscope:a\nb)"))
+    assert "control character" in text and "Write it as" in text
+    assert "(empty)" in answer(chat(client, "!/route-list(name=r2)"))
 
 
 def test_no_command_or_field_chooses_an_upstream_url(client, fake, fake_b):
