@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from qwenproxy.api.context import pipeline_response, request_context, require_client, services
+from qwenproxy.api.context import request_context, require_client, run_pipeline
 from qwenproxy.schemas import load_chat_completion_request
 
 bp = Blueprint("chat", __name__)
@@ -14,4 +14,4 @@ bp.before_request(require_client)
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     body = load_chat_completion_request(request.get_data(cache=False))
-    return pipeline_response(services().completions.handle(body, request_context()))
+    return run_pipeline(body, request_context())

@@ -38,6 +38,7 @@ from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
+from qwenproxy.services.slow_answer import NonStreamKeepalive
 from qwenproxy.services.store import Database, default_database_url
 from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
@@ -76,6 +77,7 @@ class Services:
     ledger: UsageLedger | NullLedger | None = None
     metrics: Metrics | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
+    nonstream_keepalive: NonStreamKeepalive | None = None  # None: NONSTREAM_KEEPALIVE off
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -206,4 +208,7 @@ def build_services(
         ledger=ledger,
         metrics=metrics,
         secrets=secrets,
+        nonstream_keepalive=(
+            NonStreamKeepalive(config.nonstream_keepalive) if config.nonstream_keepalive else None
+        ),
     )
