@@ -1,16 +1,7 @@
-"""NONSTREAM_KEEPALIVE: a non-stream answer that takes longer than the interval gets its
-status line and headers (200, JSON) then, every interval, one space until its JSON body —
-JSON allows leading whitespace — so that a platform router that cuts silent requests
-(Heroku: 30 s to the first byte, then 55 s between bytes, devcenter.heroku.com/articles/
-request-timeout) lets a thinking model finish.
-
-No greenlet is scheduled for it and nothing waits on a timer: the request's work runs in a
-greenlet of its own that the request *drives*, as a coroutine. The pipeline already calls
-a hook about once a second while it waits for an upstream (the same one that notices a
-departed client); here that hook switches back to the request when a space is due, the
-request hands the space to the server, then switches back into the work. At any moment
-exactly one of the two runs, and the work is only resumed by the hub (its upstream socket
-became readable) or by the request.
+"""NONSTREAM_KEEPALIVE: a non-stream answer slower than the interval gets its 200 and JSON
+headers, then a space every interval until its JSON body (JSON allows leading whitespace),
+so that a router that cuts silent requests (Heroku: 30 s to the first byte, then 55 s
+between bytes, devcenter.heroku.com/articles/request-timeout) lets a thinking model finish.
 """
 
 from __future__ import annotations
@@ -71,7 +62,16 @@ class SlowAnswer:
 
 class NonStreamKeepalive:
     """Runs a request's work and, when it outlasts `interval` seconds, turns the rest into
-    a `SlowAnswer`."""
+    a `SlowAnswer`.
+
+    No greenlet is scheduled for it and nothing waits on a timer: the work runs in a
+    greenlet of its own that the request *drives*, as a coroutine. The pipeline already
+    calls a hook about once a second while it waits for an upstream (the one that notices
+    a departed client); here that hook switches back to the request when a space is due,
+    the request hands the space to the server, then switches back into the work. Exactly
+    one of the two runs at any moment; the work is resumed only by the hub (its upstream
+    socket became readable) or by the request.
+    """
 
     def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
