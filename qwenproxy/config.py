@@ -23,9 +23,11 @@ from qwenproxy.config_values import (
     parse_bool,
     parse_ca_bundle,
     parse_choice,
+    parse_database_url,
     parse_duration,
     parse_host_list,
     parse_int,
+    parse_keepalive,
     parse_keys,
     parse_log_level,
     parse_model_map,
@@ -194,8 +196,9 @@ SETTINGS: tuple[Setting, ...] = (
         "DATABASE_URL",
         "database_url",
         None,
-        parse_text,
-        "SQLAlchemy URL of the shared database (default: SQLite in the data dir)",
+        parse_database_url,
+        "URL of the shared database: postgres://, postgresql://, postgresql+psycopg:// or "
+        "sqlite:/// (default: SQLite in the data dir)",
     ),
     Setting(
         "DISABLE_ACCOUNTING",
@@ -254,6 +257,14 @@ SETTINGS: tuple[Setting, ...] = (
         "15",
         parse_seconds,
         "seconds of upstream silence before a `: ping` frame",
+    ),
+    Setting(
+        "NONSTREAM_KEEPALIVE",
+        "nonstream_keepalive",
+        "0",
+        parse_keepalive,
+        "seconds after which a slow non-stream answer gets its 200 and a space every as many "
+        "seconds until its JSON (0: off)",
     ),
     Setting("DASHSCOPE_API_KEY", "dashscope_api_keys", None, parse_keys, "DashScope API key(s)"),
     Setting(
@@ -321,6 +332,33 @@ SETTINGS: tuple[Setting, ...] = (
         "model for vendor model names (claude-*, gpt-*) on /v1/messages and /v1/responses",
     ),
 )
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A Heroku-style platform, recognised by a variable it sets in every process."""
+
+    name: str
+    variable: str
+
+
+# Each platform's own variable (Heroku and Dokku: DYNO, devcenter.heroku.com/articles/
+# dynos#local-environment-variables; Render: RENDER=true, render.com/docs/environment-
+# variables; Railway: RAILWAY_ENVIRONMENT, docs.railway.com/reference/variables; Fly:
+# FLY_APP_NAME, fly.io/docs/machines/runtime-environment/).
+PLATFORMS = (
+    Platform("Heroku", "DYNO"),
+    Platform("Render", "RENDER"),
+    Platform("Railway", "RAILWAY_ENVIRONMENT"),
+    Platform("Fly.io", "FLY_APP_NAME"),
+)
+
+
+def detect_platform(env: Mapping[str, str]) -> Platform | None:
+    for platform in PLATFORMS:
+        if env.get(platform.variable, "").strip():
+            return platform
+    return None
 
 
 @dataclass(frozen=True)
@@ -414,6 +452,7 @@ class Config:
     loop_short_repeats: int = 12
     redact_api_keys_in_prompts: bool = True
     stream_keepalive: float = 15.0
+    nonstream_keepalive: float = 0.0
     dashscope_api_keys: tuple[str, ...] = field(default=(), repr=False)
     dashscope_region: str = "intl"
     dashscope_base_url: str | None = None
@@ -428,6 +467,9 @@ class Config:
     failover_routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     anthropic_model_map: Mapping[str, str] = field(default_factory=dict)
     custom_backends: tuple[CustomBackend, ...] = field(default=(), repr=False)
+    # The hosting platform the process runs on, told by the platform's own variable
+    # (PLATFORMS); None elsewhere.
+    platform: Platform | None = None
     # Where each variable's value came from: "env", ".env" or "default" (with the
     # conventional name that gave it, e.g. "env HTTPS_PROXY").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -465,6 +507,7 @@ class Config:
             if key.startswith("BACKEND_"):
                 merged[key], origin[key] = env[key], "env"
         values["custom_backends"] = _custom_backends(merged, sources, origin)
+        values["platform"] = detect_platform(env)
         config = cls(**values, sources=sources)
         config.validate()
         return config

@@ -289,3 +289,50 @@ def parse_ca_bundle(name: str, raw: str) -> Path:
     except (ssl.SSLError, OSError, ValueError):
         raise ConfigError(name, f"{path} holds no PEM CA certificates") from None
     return path
+
+
+# What DATABASE_URL may hold. Platforms' PostgreSQL add-ons hand out `postgres://` or
+# `postgresql://` URLs (Heroku: devcenter.heroku.com/articles/connecting-heroku-postgres;
+# Render: render.com/docs/postgresql-creating-connecting; Railway:
+# docs.railway.com/guides/postgresql; Fly: fly.io/docs/postgres/managing/attach-detach/):
+# both are served by psycopg 3, the driver the proxy ships.
+_DATABASE_SCHEMES = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+}
+DATABASE_URL_FORMS = (
+    "postgres://user:password@host:5432/db, postgresql://..., postgresql+psycopg://... "
+    "(query parameters such as ?sslmode=require are kept) or sqlite:///path/to/file.db"
+)
+
+
+def parse_database_url(name: str, raw: str) -> str:
+    """A SQLAlchemy URL the proxy can open: `postgres://` and `postgresql://` become
+    `postgresql+psycopg://` (psycopg 3), everything after the scheme is kept as written.
+    The error never repeats the URL: it may hold a password."""
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    driver = _DATABASE_SCHEMES.get(scheme.lower()) if sep else None
+    if driver is None or not rest:
+        shown = f"scheme {scheme.lower()!r}" if sep and scheme else "no scheme"
+        raise ConfigError(name, f"cannot use a URL with {shown}; accepted: {DATABASE_URL_FORMS}")
+    return f"{driver}://{rest}"
+
+
+def parse_keepalive(name: str, raw: str) -> float:
+    """Seconds between keep-alive bytes, 1 to 3600; 0 (or empty) turns them off."""
+    text = raw.strip()
+    if text in ("", "0"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(name, f"expected a number of seconds (0: off), got {raw!r}") from None
+    if value == 0:
+        return 0.0
+    if not 1 <= value <= 3600:
+        raise ConfigError(name, f"must be 0 (off) or between 1 and 3600 seconds, got {raw!r}")
+    return value

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenproxy.config import Config
+from qwenproxy.services.hosting import startup_warnings
 
 WORKER_CONNECTIONS = 4000  # concurrent connections per gevent worker
 # gunicorn's gevent worker, answering what gunicorn itself refuses with JSON and a ledger row.
@@ -65,11 +66,21 @@ def close_worker_services(worker: Any) -> None:
             part.close()
 
 
+def listening_hosts(addresses: list[Any]) -> list[str]:
+    """The hosts of gunicorn's TCP binds (`server.cfg.address`: (host, port) tuples, or a
+    path or file descriptor for other sockets, which are left out)."""
+    return [str(address[0]) for address in addresses if isinstance(address, tuple)]
+
+
 def gunicorn_settings(config: Config) -> dict[str, Any]:
     directory = metrics_dir(config.data_dir)
 
     def on_starting(server: Any) -> None:
         prepare_metrics_dir(directory)
+        # The master runs this once per start, whatever the number of workers; the binds
+        # are the ones gunicorn uses, a `--bind` on its command line (the Procfile) included.
+        for warning in startup_warnings(config, listening_hosts(server.cfg.address)):
+            server.log.warning(warning)
 
     def child_exit(server: Any, worker: Any) -> None:
         mark_worker_dead(directory, worker.pid)

@@ -106,10 +106,16 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    """`python -m qwenproxy serve` (or the Procfile's gunicorn command) on a free port."""
+    """`python -m qwenproxy serve` (or gunicorn with gunicorn.conf.py, or `command`) on a
+    free port; env values of None are left unset."""
 
     def __init__(
-        self, env: dict[str, str], cwd: Path, log_path: Path, procfile: bool = False
+        self,
+        env: dict[str, str | None],
+        cwd: Path,
+        log_path: Path,
+        procfile: bool = False,
+        command: list[str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -123,7 +129,8 @@ class ProxyProcess:
             "LOG_LEVEL": "INFO",
             **env,
         }
-        if procfile:
+        full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
+        if command is None and procfile:
             command = [
                 sys.executable,
                 "-m",
@@ -132,7 +139,7 @@ class ProxyProcess:
                 str(ROOT / "gunicorn.conf.py"),
                 "wsgi:app",
             ]
-        else:
+        elif command is None:
             command = [sys.executable, "-m", "qwenproxy", "serve"]
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -183,7 +190,10 @@ class ProxyProcess:
 def start_proxy(tmp_path: Path, creds_path: Path, fake: FakeUpstream) -> Iterator[Callable]:
     started: list[ProxyProcess] = []
 
-    def start(procfile: bool = False, **env: str) -> ProxyProcess:
+    def start(
+        procfile: bool = False, command: list[str] | None = None, cwd: Path | None = None,
+        **env: str | None,
+    ) -> ProxyProcess:
         base = {
             "QWEN_OAUTH_CREDS": str(creds_path),
             "QWEN_OAUTH_URL": fake.url,
@@ -193,7 +203,8 @@ def start_proxy(tmp_path: Path, creds_path: Path, fake: FakeUpstream) -> Iterato
         base.update(env)
         workdir = tmp_path / f"proxy{len(started)}"
         workdir.mkdir()
-        proxy = ProxyProcess(base, workdir, tmp_path / f"proxy{len(started)}.log", procfile)
+        log_path = tmp_path / f"proxy{len(started)}.log"
+        proxy = ProxyProcess(base, cwd or workdir, log_path, procfile, command)
         started.append(proxy)
         return proxy
 

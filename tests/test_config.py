@@ -348,3 +348,81 @@ def test_the_ca_bundle_takes_requests_and_openssl_conventions(tmp_path: Path, ca
                              dotenv_path=None)
     assert broken.upstream_ca_bundle is None  # an inherited variable never stops start-up
     assert "SSL_CERT_FILE ignored" in caplog.text
+
+
+# --- hosting: DATABASE_URL forms, NONSTREAM_KEEPALIVE, the platform -------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("postgres://u:pw@db.example:5432/d", "postgresql+psycopg://u:pw@db.example:5432/d"),
+        ("postgresql://u:pw@h/d?sslmode=require", "postgresql+psycopg://u:pw@h/d?sslmode=require"),
+        (
+            "POSTGRES://u:p%40ss@h/d?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgresql+psycopg://u:p%40ss@h/d?sslmode=verify-full&sslrootcert=/ca.pem",
+        ),
+        ("postgresql+psycopg://u@h/d", "postgresql+psycopg://u@h/d"),
+        ("sqlite:////var/lib/qwenproxy/q.db", "sqlite:////var/lib/qwenproxy/q.db"),
+        ("  postgres://u@h/d  ", "postgresql+psycopg://u@h/d"),
+    ],
+)
+def test_database_url_takes_the_platforms_forms(raw: str, expected: str, tmp_path: Path) -> None:
+    config = Config.from_env({"DATABASE_URL": raw}, dotenv_path=None)
+    assert config.database_url == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("mysql://root:hunter2secret@h/d", "'mysql'"),
+        ("postgresql+psycopg2://u:hunter2secret@h/d", "'postgresql+psycopg2'"),
+        ("hunter2secret@h/d", "no scheme"),
+        ("postgres://", "'postgres'"),
+    ],
+)
+def test_a_database_url_the_proxy_cannot_use_names_the_variable_and_the_forms(
+    raw: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"DATABASE_URL": raw}, dotenv_path=None)
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL: ") and shown in message
+    assert "postgres://" in message and "postgresql+psycopg://" in message and "sqlite" in message
+    assert "hunter2secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("", 0.0), ("0", 0.0), ("0.0", 0.0), ("20", 20.0), ("1.5", 1.5)]
+)
+def test_nonstream_keepalive_is_off_by_default_and_takes_seconds(raw: str, expected: float) -> None:
+    assert Config.from_env({}, dotenv_path=None).nonstream_keepalive == 0.0
+    config = Config.from_env({"NONSTREAM_KEEPALIVE": raw}, dotenv_path=None)
+    assert config.nonstream_keepalive == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5", "0.5", "7200", "nan"])
+def test_a_bad_nonstream_keepalive_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="^NONSTREAM_KEEPALIVE: "):
+        Config.from_env({"NONSTREAM_KEEPALIVE": raw}, dotenv_path=None)
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"DYNO": "web.1"}, "Heroku"),
+        ({"RENDER": "true"}, "Render"),
+        ({"RAILWAY_ENVIRONMENT": "production"}, "Railway"),
+        ({"FLY_APP_NAME": "my-proxy"}, "Fly.io"),
+    ],
+)
+def test_the_platform_is_told_by_its_own_variable(env: dict[str, str], name: str) -> None:
+    platform = Config.from_env(env, dotenv_path=None).platform
+    assert platform is not None and platform.name == name and platform.variable in env
+
+
+def test_no_platform_variable_no_platform(tmp_path: Path) -> None:
+    assert Config.from_env({"DYNO": ""}, dotenv_path=None).platform is None
+    # .env is the operator's file, not the platform's environment
+    dotenv = write_dotenv(tmp_path, "DYNO=web.1\n")
+    assert Config.from_env({}, dotenv_path=dotenv).platform is None

@@ -260,3 +260,24 @@ def test_the_upstream_proxy_password_is_among_the_secrets_kept_out_of_logs():
     assert {"p@ss-w0rd", "p%40ss-w0rd"} <= set(secrets_of(config, [])())
     token_only = Config(upstream_proxy="http://s3cr3t-token@proxy.corp:3128")
     assert "s3cr3t-token" in list(secrets_of(token_only, [])())
+
+
+def test_doctor_on_a_platform_says_what_a_hosted_proxy_needs(doctor_env, tmp_path):
+    result = doctor({**doctor_env, "RENDER": "true"}, tmp_path, "--offline")
+    out = result.stdout
+    assert "hosting:" in out
+    assert "without DATABASE_URL" in out and "Render PostgreSQL" in out
+    assert "TRUST_PROXY_HEADERS=true" in out and "PROXY_API_KEY" in out
+    settled = {**doctor_env, "RENDER": "true", "TRUST_PROXY_HEADERS": "true",
+               "PROXY_API_KEY": "k1", "DATABASE_URL": f"sqlite:///{tmp_path / 'shared.db'}"}
+    report = json.loads(doctor(settled, tmp_path, "--offline", "--json").stdout)
+    assert report["hosting"] == []
+
+
+def test_doctor_shows_the_database_url_without_its_password():
+    from qwenproxy.services.doctor import describe_setting
+
+    config = Config.from_env({"DATABASE_URL": "postgres://qp:pg-secret-9@db:5432/qp"},
+                             dotenv_path=None)
+    shown = describe_setting(config, "DATABASE_URL", "database_url")
+    assert shown == "postgresql+psycopg://***@db:5432/qp"

@@ -32,7 +32,7 @@ def hello() -> Response:
 
 @bp.post("/v1/messages")
 def messages() -> Response:
-    return translated_door(to_chat_request, AnthropicStream, to_message)
+    return translated_door(to_chat_request, AnthropicStream, to_message, error_body_for)
 
 
 @bp.post("/v1/messages/count_tokens")

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from qwenproxy.api.context import (
-    pipeline_response,
-    request_context,
-    request_json,
-    require_client,
-    services,
-)
+from qwenproxy.api.context import request_context, request_json, require_client, run_pipeline
 from qwenproxy.schemas import load_chat_completion_request
 
 bp = Blueprint("chat", __name__)
@@ -20,4 +14,4 @@ bp.before_request(require_client)
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     body = request_json(load_chat_completion_request)
-    return pipeline_response(services().completions.handle(body, request_context()))
+    return run_pipeline(body, request_context())

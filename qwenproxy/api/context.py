@@ -5,6 +5,7 @@ the per-request context (client, session) handed to the pipeline."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from qwenproxy.services.input_rules import check_request_model, read_capped
 from qwenproxy.services.pipeline_frames import StreamTranslator, translate_frames
 from qwenproxy.services.sessions import session_id_for
 from qwenproxy.services.transport import peer_closed
+
+log = logging.getLogger(__name__)
 
 
 def services() -> Services:
@@ -58,6 +61,11 @@ def request_json(
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ErrorBody = Callable[[ProxyError], dict[str, Any]]
+
+
+def _openai_error_body(error: ProxyError) -> dict[str, Any]:
+    return error.to_body()
 
 
 def pipeline_response(
@@ -80,21 +88,58 @@ def pipeline_response(
     )
 
 
+def run_pipeline(
+    body: dict[str, Any],
+    ctx: RequestContext,
+    frames: Callable[[Iterator[bytes]], Iterator[bytes]] = lambda frames: frames,
+    answer: Callable[[dict[str, Any]], dict[str, Any]] = lambda body: body,
+    error_body: ErrorBody = _openai_error_body,
+) -> Response:
+    """Run the chat pipeline for this request and make its HTTP response. With
+    NONSTREAM_KEEPALIVE, a non-stream answer slower than the interval leaves as a 200
+    whose body is spaces and then the JSON — the answer, or `error_body` of the error
+    that came after the 200 (the ledger keeps the real status)."""
+    srv = services()
+    keepalive = srv.nonstream_keepalive
+    if keepalive is None or body.get("stream"):
+        return pipeline_response(srv.completions.handle(body, ctx), frames, answer)
+
+    def work(tick: Callable[[], None]) -> Completion | StreamingCompletion:
+        ctx.on_wait = tick
+        return srv.completions.handle(body, ctx)
+
+    def render(result: Any, error: BaseException | None) -> bytes:
+        if error is None:
+            try:
+                return orjson.dumps(answer(result.body))
+            except Exception as exc:  # the translation failed: an error body after all
+                error = exc
+        if not isinstance(error, ProxyError):
+            log.error("a slow answer failed after its keep-alive started", exc_info=error)
+            error = ProxyError("The proxy hit an internal error; see its log.")
+        return orjson.dumps(error_body(error))
+
+    result, slow = keepalive.run(work, render)
+    if slow is None:
+        return pipeline_response(result, frames, answer)
+    return Response(slow.chunks(), mimetype="application/json", headers=SSE_HEADERS)
+
+
 def translated_door(
     to_chat: Callable[[dict[str, Any], Any], Any],
     stream_translator: Callable[[Any], StreamTranslator],
     to_answer: Callable[[dict[str, Any], Any], dict[str, Any]],
+    error_body: ErrorBody = _openai_error_body,
 ) -> Response:
     """A front door that speaks another API: translate the body into a chat request, run
     the pipeline, and translate its answer (or its stream) back."""
     translated = to_chat(request_json(), services().config.anthropic_model_map)
-    result = services().completions.handle(
-        translated.chat, request_context(requested_model=translated.model)
-    )
-    return pipeline_response(
-        result,
+    return run_pipeline(
+        translated.chat,
+        request_context(requested_model=translated.model),
         lambda frames: translate_frames(frames, stream_translator(translated)),
         lambda body: to_answer(body, translated),
+        error_body,
     )
 
 

@@ -8,11 +8,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 from collections.abc import Mapping
 
 from qwenproxy.errors import AuthenticationError, PermissionDeniedError
 
+log = logging.getLogger(__name__)
+
 LOCAL_CLIENT_ID = "local"
+# Where a reverse proxy that may speak for the client connects from: this machine, or a
+# private network — a platform's router reaches its instances over one (Heroku, Render,
+# Railway, Fly), as does a load balancer in front of a VM. A direct client from the
+# internet never has such an address.
+_ROUTER_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 
 def key_id(key: str) -> str:
@@ -28,31 +39,60 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
+def _is_router(address: str | None) -> bool:
+    """Whether a peer may be a reverse proxy or a platform's router (see _ROUTER_NETWORKS)."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or any(ip in network for network in _ROUTER_NETWORKS)
+
+
 class ClientAccess:
     def __init__(self, keys: tuple[str, ...], trust_proxy_headers: bool = False) -> None:
         self._keys = tuple(k.encode() for k in keys)
         self._ids = {k: key_id(k) for k in keys}
         self._trust_proxy_headers = trust_proxy_headers
+        self._told_about_router = False
 
     @property
     def enabled(self) -> bool:
         return bool(self._keys)
 
     def client_address(self, remote_addr: str | None, headers: Mapping[str, str]) -> str | None:
-        """The client's address. `X-Forwarded-For` counts only when trusted and sent by a
-        reverse proxy on this machine; its last entry is the one that proxy added."""
+        """The client's address. With TRUST_PROXY_HEADERS, a request that a reverse proxy
+        or platform router (a peer on loopback or a private network) forwarded comes from
+        the last `X-Forwarded-For` entry: the one that router added, whatever the client
+        wrote before it."""
         forwarded = headers.get("X-Forwarded-For") or headers.get("Forwarded")
         if not forwarded:
             return remote_addr
-        if self._trust_proxy_headers and _is_loopback(remote_addr):
+        if self._trust_proxy_headers and _is_router(remote_addr):
             return forwarded.rsplit(",", 1)[-1].strip()
+        if not self._trust_proxy_headers and not self._told_about_router:
+            self._told_about_router = True  # once per worker
+            log.info(
+                "requests arrive with X-Forwarded-For (through a reverse proxy or a "
+                "platform's router?); set TRUST_PROXY_HEADERS=true to take the client address "
+                "from it"
+            )
         # A forwarded request we do not trust: its real client is not known to be local.
         return None
 
     def check(self, headers: Mapping[str, str], remote_addr: str | None) -> str:
         """The client id of an allowed request; raises 401/403 otherwise."""
         if not self._keys:
-            if _is_loopback(self.client_address(remote_addr, headers)) and _local_page(headers):
+            # Local means this machine end to end: a request that came through a router on
+            # another machine is not local, whatever address the header names.
+            if (
+                _is_loopback(remote_addr)
+                and _is_loopback(self.client_address(remote_addr, headers))
+                and _local_page(headers)
+            ):
                 return LOCAL_CLIENT_ID
             raise PermissionDeniedError(
                 "This proxy serves only local clients because no client key is set (requests "

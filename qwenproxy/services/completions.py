@@ -84,6 +84,9 @@ class RequestContext:
     redactions: int = 0
     # Whether the client has closed its connection (None: cannot tell, e.g. in tests).
     client_gone: Callable[[], bool] | None = None
+    # Called too while an upstream is awaited, after the client check: the non-stream
+    # keep-alive sends its spaces from there (services/slow_answer.py). None: nothing.
+    on_wait: Callable[[], None] | None = None
 
     def fail(self, error: ProxyError) -> None:
         self.status, self.error_code = error.status, error.code
@@ -93,6 +96,8 @@ class RequestContext:
         awaited, so an abandoned request stops costing upstream time)."""
         if self.client_gone is not None and self.client_gone():
             raise ClientGoneError("The client closed the connection.")
+        if self.on_wait is not None:
+            self.on_wait()
 
 
 @dataclass
@@ -277,7 +282,11 @@ class CompletionService:
                 paused = target.backend.paused_answer(account)
                 if paused is not None:
                     raise paused
-                waiting = ctx.check_client if ctx.client_gone is not None else None
+                waiting = (
+                    ctx.check_client
+                    if ctx.client_gone is not None or ctx.on_wait is not None
+                    else None
+                )
                 result = getattr(target.backend, call)(body, account, waiting)
             except ProxyError as exc:
                 self._note_failure(target, account, exc)

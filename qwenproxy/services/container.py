@@ -39,6 +39,7 @@ from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
+from qwenproxy.services.slow_answer import NonStreamKeepalive
 from qwenproxy.services.store import Database, default_database_url
 from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
@@ -81,6 +82,7 @@ class Services:
     # Accounting the pipeline records with.
     accounting: Accounting | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
+    nonstream_keepalive: NonStreamKeepalive | None = None  # None: NONSTREAM_KEEPALIVE off
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -218,4 +220,7 @@ def build_services(
         metrics=metrics,
         accounting=accounting,
         secrets=secrets,
+        nonstream_keepalive=(
+            NonStreamKeepalive(config.nonstream_keepalive) if config.nonstream_keepalive else None
+        ),
     )

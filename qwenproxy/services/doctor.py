@@ -11,6 +11,7 @@ from qwenproxy.config import SETTINGS, Config
 from qwenproxy.errors import ProxyError
 from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
 from qwenproxy.services.container import Services, qwen_oauth_available
+from qwenproxy.services.hosting import doctor_notes
 from qwenproxy.services.models import BACKEND_KEY_HINTS, key_backends_hint
 
 SECRET_SETTINGS = {s.env for s in SETTINGS if s.attr.endswith("api_keys")}
@@ -32,6 +33,7 @@ class DoctorReport:
     settings: list[dict[str, str]] = field(default_factory=list)
     backends: list[BackendCheck] = field(default_factory=list)
     default_backend: str = ""
+    hosting: list[str] = field(default_factory=list)  # advice for a hosted proxy
 
     @property
     def ok(self) -> bool:
@@ -43,6 +45,7 @@ class DoctorReport:
             "default_backend": self.default_backend,
             "settings": self.settings,
             "backends": [asdict(c) for c in self.backends],
+            "hosting": self.hosting,
         }
 
 
@@ -60,7 +63,7 @@ def describe_setting(config: Config, env: str, attr: str) -> str:
         return f"set ({len(value)} key{'s' if len(value) != 1 else ''})" if value else "unset"
     if value is None or value == () or value == {} or value == "":
         return "unset"
-    if env == "UPSTREAM_PROXY":
+    if env in ("UPSTREAM_PROXY", "DATABASE_URL"):
         return without_password(value)
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value)
@@ -125,7 +128,7 @@ def live_check(backend: OpenAICompatibleBackend, model: str) -> tuple[float, str
 def run_doctor(services: Services, live: bool = True) -> DoctorReport:
     config = services.config
     router = services.router
-    report = DoctorReport(default_backend=router.default_backend)
+    report = DoctorReport(default_backend=router.default_backend, hosting=doctor_notes(config))
     for setting in SETTINGS:
         report.settings.append(
             {
@@ -190,6 +193,11 @@ def format_report(report: DoctorReport) -> str:
         if check.fix:
             lines.append(f"         what to do: {check.fix}")
     lines.append("")
+    if report.hosting:
+        lines.append("hosting:")
+        for note in report.hosting:
+            lines.append(f"  - {note}")
+        lines.append("")
     if report.ok:
         lines.append(f"The default backend {report.default_backend} works.")
     else:

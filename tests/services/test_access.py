@@ -172,3 +172,36 @@ def test_client_id_is_a_stable_hash_not_the_key() -> None:
     with pytest.raises(AuthenticationError) as caught:
         access.check(Headers({"x-api-key": "nope"}), "203.0.113.5")
     assert all(key not in caught.value.message for key in KEYS)
+
+
+# --- behind a platform's router (TRUST_PROXY_HEADERS) ------------------------------------
+
+
+@pytest.mark.parametrize("router", ["10.1.42.7", "172.17.0.1", "192.168.3.4", "100.64.9.9",
+                                    "fdaa:0:1::3", "::ffff:10.0.0.9", "127.0.0.1"])
+def test_trusted_forwarded_for_takes_the_rightmost_hop_from_a_router(router: str) -> None:
+    access = ClientAccess((), trust_proxy_headers=True)
+    # The client wrote its own entries; the router appended the address it saw.
+    headers = Headers({"X-Forwarded-For": "127.0.0.1, 198.51.100.1, 203.0.113.9"})
+    assert access.client_address(router, headers) == "203.0.113.9"
+
+
+def test_forwarded_for_from_a_public_peer_is_never_trusted() -> None:
+    access = ClientAccess((), trust_proxy_headers=True)
+    assert access.client_address("203.0.113.5", Headers({"X-Forwarded-For": "10.0.0.1"})) is None
+
+
+def test_a_request_through_a_router_on_another_machine_is_never_local() -> None:
+    access = ClientAccess((), trust_proxy_headers=True)
+    with pytest.raises(PermissionDeniedError):
+        access.check(Headers({"X-Forwarded-For": "127.0.0.1"}), "10.1.42.7")
+
+
+def test_untrusted_forwarded_requests_suggest_the_setting_once(caplog) -> None:
+    access = ClientAccess(("k1",))
+    with caplog.at_level("INFO", logger="qwenproxy.services.access"):
+        for _ in range(3):
+            assert access.client_address("10.1.42.7", Headers({"X-Forwarded-For": "1.2.3.4"})) \
+                is None
+    hints = [r for r in caplog.records if "TRUST_PROXY_HEADERS=true" in r.getMessage()]
+    assert len(hints) == 1
