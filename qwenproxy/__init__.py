@@ -30,6 +30,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["qwenproxy"] = services
+    services.tokens.warm_up()  # Qwen's vocabulary, in a background thread of this worker
     configure_logging(config.log_level, services.secrets, config.log_format)
     register_api(app)
     return app

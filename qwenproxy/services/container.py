@@ -32,10 +32,13 @@ from qwenproxy.services.backends import (
 )
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
+from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.metrics import Metrics, build_metrics
+from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
+from qwenproxy.services.qwen_tokens import PromptCounter
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.store import Database, default_database_url
@@ -76,6 +79,8 @@ class Services:
     ledger: UsageLedger | NullLedger | None = None
     metrics: Metrics | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
+    facts: ModelFactsBook = field(default_factory=ModelFactsBook)
+    tokens: PromptCounter = field(default_factory=PromptCounter)
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -107,6 +112,17 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
             yield creds.refresh_token
 
     return secrets
+
+
+def facts_overrides(config: Config) -> dict[str, dict[str, ModelFacts]]:
+    """MODEL_INFO as facts per backend and model."""
+    return {
+        backend: {
+            model: ModelFacts(info.get("context_length"), info.get("max_output_tokens"))
+            for model, info in table.items()
+        }
+        for backend, table in config.model_info.items()
+    }
 
 
 def build_services(
@@ -161,6 +177,13 @@ def build_services(
         unlisted=hidden,
     )
     sessions = SessionStore(db, config.session_ttl, clock)
+    facts = ModelFactsBook(
+        overrides=facts_overrides(config),
+        upstream_name=lambda name, model: (
+            backends[name].upstream_model(model) if name in backends else model
+        ),
+    )
+    tokens = PromptCounter()
     commands = CommandProcessor(
         config.command_prefix,
         router,
@@ -193,6 +216,10 @@ def build_services(
         ),
         stream_keepalive=config.stream_keepalive,
         accounting=Accounting(ledger, metrics, known_model=router.is_model_name),
+        context_guard=ContextGuard(
+            tokens, enabled=config.context_guard, floor=config.context_min_output_tokens
+        ),
+        facts=facts,
     )
     return Services(
         config=config,
@@ -206,4 +233,6 @@ def build_services(
         ledger=ledger,
         metrics=metrics,
         secrets=secrets,
+        facts=facts,
+        tokens=tokens,
     )
