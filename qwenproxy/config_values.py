@@ -192,9 +192,7 @@ def parse_model_info(name: str, raw: str) -> dict[str, dict[str, dict[str, int]]
                         f"known: {', '.join(MODEL_INFO_FIELDS)}",
                     )
                 if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                    raise ConfigError(
-                        name, f"{backend}/{model}: {key} must be a positive integer"
-                    )
+                    raise ConfigError(name, f"{backend}/{model}: {key} must be a positive integer")
             models[str(model).strip()] = dict(facts)
         result[str(backend).strip().lower()] = models
     return result

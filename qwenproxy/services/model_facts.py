@@ -74,10 +74,7 @@ BUILTIN_FACTS: dict[str, dict[str, ModelFacts]] = {
         "MiniMax-M2.5": _f(204_800, 131_072),
     },
     "qwen-oauth": {
-        "coder-model": _f(1_000_000, 65_536),
-        "qwen3-coder-plus": _f(1_000_000, 65_536),
-        "qwen3-coder-flash": _f(1_000_000, 65_536),
-        "vision-model": _f(262_144, 32_768),
+        "coder-model": _f(1_000_000, 65_536),  # qwen3-coder-*, vision-model: its aliases
         "qwen-turbo": _f(1_000_000, 16_384),
         "qwen-plus": _f(1_000_000, 32_768),
         "qwen-max": _f(32_768, 8_192),
@@ -132,20 +129,19 @@ class ModelFactsBook:
         """Models the built-in table or MODEL_INFO describe."""
         return set(self._builtin.get(backend, {})) | set(self._overrides.get(backend, {}))
 
-    def _direct(self, backend: str, model: str) -> ModelFacts | None:
+    def facts(self, backend: str, model: str) -> ModelFacts:
+        """Facts of `model` as a client names it on `backend`. Layer by layer (upstream
+        list, tables, MODEL_INFO), an alias's own entry fills in over its target's, so an
+        alias inherits its target's facts and MODEL_INFO about the target wins over the
+        table's entry for the alias."""
+        target = self._upstream_name(backend, model)
         found: ModelFacts | None = None
         for layer in (self._listed, self._builtin, self._overrides):
-            facts = layer.get(backend, {}).get(model)
+            table = layer.get(backend, {})
+            facts = table.get(model)
+            if target != model:
+                inherited = table.get(target)
+                facts = inherited if facts is None else facts.over(inherited)
             if facts is not None:
                 found = facts.over(found)
-        return found
-
-    def facts(self, backend: str, model: str) -> ModelFacts:
-        """Facts of `model` as a client names it on `backend` (an alias inherits its
-        target's, filling what the alias's own entry leaves open)."""
-        own = self._direct(backend, model)
-        target = self._upstream_name(backend, model)
-        if target != model:
-            inherited = self._direct(backend, target)
-            own = inherited if own is None else own.over(inherited)
-        return own or ModelFacts()
+        return found or ModelFacts()
