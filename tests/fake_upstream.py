@@ -259,6 +259,9 @@ class FakeUpstream:
             # JSON (its own rough count), refused in one provider's wording (LENGTH_REFUSALS).
             self.context_window: int | None = None
             self.length_wording = "dashscope"
+            # GET /v1/models: this body (None: 404), and the requests it got.
+            self.model_list: dict[str, Any] | None = None
+            self.model_list_requests: list[dict[str, str]] = []
             self.reject_every_token = False  # the ended free tier: even fresh tokens 401
             self.device_polls_before_approval = 1
             self.device_polls = 0
@@ -277,7 +280,14 @@ class FakeUpstream:
             if key.startswith("HTTP_")
         }
         headers["content-type"] = environ.get("CONTENT_TYPE", "")
-        if path == "/api/v1/oauth2/token":
+        if path == "/v1/models" and environ["REQUEST_METHOD"] == "GET":
+            with self._lock:
+                self.model_list_requests.append(headers)
+            if self.model_list is None:
+                status, hdrs, body = _json("404 Not Found", {"error": {"message": "no list"}})
+            else:
+                status, hdrs, body = _json("200 OK", self.model_list)
+        elif path == "/api/v1/oauth2/token":
             status, hdrs, body = self._token(urllib.parse.parse_qs(raw.decode()))
         elif path == "/api/v1/oauth2/device/code":
             status, hdrs, body = _json(

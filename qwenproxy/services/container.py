@@ -36,6 +36,7 @@ from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
+from qwenproxy.services.model_lists import ModelListRefresher, model_list_sources
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.qwen_tokens import PromptCounter
@@ -81,6 +82,7 @@ class Services:
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
     facts: ModelFactsBook = field(default_factory=ModelFactsBook)
     tokens: PromptCounter = field(default_factory=PromptCounter)
+    model_lists: ModelListRefresher | None = None
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -158,7 +160,8 @@ def build_services(
             timeout,
         )
     }
-    for spec in key_backend_specs(config):
+    specs = key_backend_specs(config)
+    for spec in specs:
         accounts: list[Credentials] = [
             StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
         ] or [StaticKeyCredentials(spec.base_url, None, spec.headers)]
@@ -184,6 +187,9 @@ def build_services(
         ),
     )
     tokens = PromptCounter()
+    model_lists = ModelListRefresher(
+        db, http, model_list_sources(specs), facts, config.model_list_refresh, clock=clock
+    )
     commands = CommandProcessor(
         config.command_prefix,
         router,
@@ -235,4 +241,5 @@ def build_services(
         secrets=secrets,
         facts=facts,
         tokens=tokens,
+        model_lists=model_lists,
     )
