@@ -147,7 +147,13 @@ def write_creds(path: Path, fake: FakeProcess, expires_in: float) -> Path:
 class ProxyProcess(Process):
     """`python -m qwenproxy serve`: gunicorn + 1 gevent worker, every feature on."""
 
-    def __init__(self, workdir: Path, fake: FakeProcess, token_expires_in: float = 3600.0):
+    def __init__(
+        self,
+        workdir: Path,
+        fake: FakeProcess,
+        token_expires_in: float = 3600.0,
+        extra_env: dict[str, str] | None = None,
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.creds = write_creds(workdir / "qwen" / "oauth_creds.json", fake, token_expires_in)
@@ -167,6 +173,7 @@ class ProxyProcess(Process):
             "DISABLE_ACCOUNTING": "false",
             "LOOP_DETECTION": "true",
             "REDACT_API_KEYS_IN_PROMPTS": "true",
+            **(extra_env or {}),
         }
         super().__init__(
             "qwenproxy",

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import logging
 import threading
 import unicodedata
@@ -250,11 +251,31 @@ def _tool_call_text(call: Any) -> str:
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
+# Counts of long message texts, by digest: an agent resends its whole history every turn,
+# so only the new turns need the tokenizer. Entries are ~60 bytes.
+CACHE_MIN_CHARS = 2_048
+CACHE_ENTRIES = 20_000
+
+
 class PromptCounter:
     """Token counts of chat-completions prompts, as a Qwen model sees them."""
 
     def __init__(self, tokenizer: QwenTokenizer | None = None) -> None:
         self.tokenizer = tokenizer or QwenTokenizer()
+        self._cache: dict[bytes, int] = {}
+
+    def _count_cached(self, text: str) -> int:
+        if len(text) < CACHE_MIN_CHARS:
+            return self.tokenizer.count(text)
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        found = self._cache.get(key)
+        if found is None:
+            found = self.tokenizer.count(text)
+            if len(self._cache) >= CACHE_ENTRIES:
+                for old in list(self._cache)[: CACHE_ENTRIES // 2]:  # the oldest half
+                    self._cache.pop(old, None)
+            self._cache[key] = found
+        return found
 
     def warm_up(self) -> None:
         self.tokenizer.warm_up()
@@ -267,7 +288,7 @@ class PromptCounter:
     def count_chat(self, messages: list[Any], tools: Any = None) -> int:
         """Tokens of the prompt Qwen's chat template builds from `messages` and `tools`,
         including the `<|im_start|>assistant\\n` that starts the answer."""
-        count = self.tokenizer.count
+        count = self._count_cached
         total = REPLY_PRIMER
         tool_defs = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else []
         system_done = False
