@@ -30,6 +30,9 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["qwenproxy"] = services
+    services.tokens.warm_up()  # Qwen's vocabulary, in a background thread of this worker
+    if services.model_lists is not None:
+        services.model_lists.start()  # the upstreams' model lists, in the background
     configure_logging(config.log_level, services.secrets, config.log_format)
     register_api(app)
     return app

@@ -30,6 +30,7 @@ from qwenproxy.config_values import (
     parse_keepalive,
     parse_keys,
     parse_log_level,
+    parse_model_info,
     parse_model_map,
     parse_paths,
     parse_prefix,
@@ -318,6 +319,34 @@ SETTINGS: tuple[Setting, ...] = (
         "per-backend alias table (JSON or a file path)",
     ),
     Setting(
+        "MODEL_INFO",
+        "model_info",
+        None,
+        parse_model_info,
+        "per-backend context windows and output limits (JSON or a file path)",
+    ),
+    Setting(
+        "CONTEXT_GUARD",
+        "context_guard",
+        "true",
+        parse_bool,
+        "answer prompts longer than the model's window locally, before any upstream call",
+    ),
+    Setting(
+        "CONTEXT_MIN_OUTPUT_TOKENS",
+        "context_min_output_tokens",
+        "1024",
+        lambda n, v: parse_int(n, v, 1, 1_000_000),
+        "room for the answer below which a prompt counts as too long",
+    ),
+    Setting(
+        "MODEL_LIST_REFRESH",
+        "model_list_refresh",
+        "6h",
+        lambda n, v: 0.0 if v.strip().lower() in ("0", "off", "false") else parse_duration(n, v),
+        "how often the upstreams' model lists are read (0: never)",
+    ),
+    Setting(
         "FAILOVER_ROUTES",
         "failover_routes",
         None,
@@ -465,6 +494,10 @@ class Config:
     fireworks_base_url: str | None = None
     model_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     failover_routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    model_info: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+    context_guard: bool = True
+    context_min_output_tokens: int = 1024
+    model_list_refresh: float = 6 * 3600.0
     anthropic_model_map: Mapping[str, str] = field(default_factory=dict)
     custom_backends: tuple[CustomBackend, ...] = field(default=(), repr=False)
     # The hosting platform the process runs on, told by the platform's own variable
@@ -533,11 +566,15 @@ class Config:
                         "FAILOVER_ROUTES",
                         f"route {route!r}: unknown backend {prefix!r} in {element!r}",
                     )
-        for backend in self.model_aliases:
-            if backend not in known:
-                raise ConfigError(
-                    "MODEL_ALIASES", f"unknown backend {backend!r}; known: {', '.join(known)}"
-                )
+        for variable, tables in (
+            ("MODEL_ALIASES", self.model_aliases),
+            ("MODEL_INFO", self.model_info),
+        ):
+            for backend in tables:
+                if backend not in known:
+                    raise ConfigError(
+                        variable, f"unknown backend {backend!r}; known: {', '.join(known)}"
+                    )
 
     @property
     def client_auth_enabled(self) -> bool:

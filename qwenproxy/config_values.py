@@ -173,6 +173,41 @@ def parse_aliases(name: str, raw: str) -> dict[str, dict[str, str]]:
     return {backend.strip().lower(): dict(table) for backend, table in value.items()}
 
 
+MODEL_INFO_FIELDS = ("context_length", "max_output_tokens")
+
+
+def parse_model_info(name: str, raw: str) -> dict[str, dict[str, dict[str, int]]]:
+    """{"<backend>": {"<model>": {"context_length": N, "max_output_tokens": N}}}: either
+    field may be left out; values are positive whole numbers of tokens."""
+    value = parse_json_or_file(name, raw)
+    shape = (
+        'expected {"<backend>": {"<model>": {"context_length": 1000000, '
+        '"max_output_tokens": 65536}}}'
+    )
+    if not isinstance(value, dict):
+        raise ConfigError(name, shape)
+    result: dict[str, dict[str, dict[str, int]]] = {}
+    for backend, table in value.items():
+        if not isinstance(table, dict):
+            raise ConfigError(name, shape)
+        models: dict[str, dict[str, int]] = {}
+        for model, facts in table.items():
+            if not isinstance(facts, dict) or not facts:
+                raise ConfigError(name, f"{backend}/{model}: {shape}")
+            for key, number in facts.items():
+                if key not in MODEL_INFO_FIELDS:
+                    raise ConfigError(
+                        name,
+                        f"{backend}/{model}: unknown field {key!r}; "
+                        f"known: {', '.join(MODEL_INFO_FIELDS)}",
+                    )
+                if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                    raise ConfigError(name, f"{backend}/{model}: {key} must be a positive integer")
+            models[str(model).strip()] = dict(facts)
+        result[str(backend).strip().lower()] = models
+    return result
+
+
 def parse_routes(name: str, raw: str) -> dict[str, dict[str, Any]]:
     value = parse_json_or_file(name, raw)
     shape = 'expected {"<route>": {"policy": "k|m|km|mk", "elements": ["backend:model", ...]}}'

@@ -91,6 +91,54 @@ class ClientGoneError(ProxyError):
     code = "client_disconnected"
 
 
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt does not fit the model's context window (found by the proxy's own count,
+    or refused so by the upstream). Each door words it the way its clients recognise:
+    OpenAI's message here, Anthropic's in `anthropic_message`."""
+
+    code = "context_length_exceeded"
+
+    def __init__(
+        self,
+        prompt_tokens: int | None,
+        limit: int | None,
+        *,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+        self.detail = detail  # the upstream's own words, when it refused
+        super().__init__(self._openai_message(), param="messages", headers=headers)
+
+    def completed(self, prompt_tokens: int | None, limit: int | None) -> ContextLengthExceededError:
+        """The same error with the numbers it lacked filled in."""
+        return ContextLengthExceededError(
+            self.prompt_tokens if self.prompt_tokens is not None else prompt_tokens,
+            self.limit if self.limit is not None else limit,
+            detail=self.detail,
+            headers=dict(self.headers),
+        )
+
+    def _openai_message(self) -> str:
+        if self.limit is not None and self.prompt_tokens is not None:
+            return (
+                f"This model's maximum context length is {self.limit} tokens. However, your "
+                f"messages resulted in {self.prompt_tokens} tokens."
+            )
+        if self.limit is not None:
+            return (
+                f"This model's maximum context length is {self.limit} tokens. However, your "
+                "messages are longer."
+            )
+        return "The prompt is longer than this model's maximum context length."
+
+    def anthropic_message(self) -> str:
+        if self.limit is not None and self.prompt_tokens is not None:
+            return f"prompt is too long: {self.prompt_tokens} tokens > {self.limit} maximum"
+        return "prompt is too long: " + (self.detail or "longer than the model's context window")
+
+
 class PayloadTooLargeError(ProxyError):
     status = 413
     type = "invalid_request_error"

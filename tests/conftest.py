@@ -83,6 +83,7 @@ def make_config(creds_path: Path, fake: FakeUpstream, tmp_path: Path) -> Callabl
             "upstream_connect_timeout": 2.0,
             "data_dir": tmp_path / "data",
             "stream_keepalive": 30.0,
+            "model_list_refresh": 0.0,  # no background model-list reads unless a test asks
         }
         values.update(overrides)
         return Config(**values)

@@ -29,6 +29,8 @@ class _NoDelayWSGIServer(WSGIServer):
     def handle(self, sock: Any, address: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle(sock, address)
+
+
 Reply = Callable[["FakeUpstream", dict[str, Any]], WSGIReply]
 
 
@@ -168,6 +170,46 @@ def reply_hang(seconds: float, then: Reply | None = None) -> Reply:
     return reply
 
 
+def _refusal(status: str, message: str, code: str | None) -> WSGIReply:
+    return _json(
+        status, {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    )
+
+
+# How each provider refuses a prompt longer than its window (sources beside context_refusal
+# in qwenproxy/services/context_guard.py).
+LENGTH_REFUSALS: dict[str, Callable[[int, int], WSGIReply]] = {
+    "dashscope": lambda window, size: _refusal(
+        "400 Bad Request",
+        f"<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, {window}]",
+        "invalid_parameter_error",
+    ),
+    "vllm": lambda window, size: _refusal(
+        "400 Bad Request",
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{size + 100} tokens ({size} in the messages, 100 in the completion). Please reduce "
+        "the length of the messages or completion.",
+        None,
+    ),
+    "openrouter": lambda window, size: _refusal(
+        "400 Bad Request",
+        f"This endpoint's maximum context length is {window} tokens. However, you requested "
+        f"about {size} tokens ({size} of text input). Please reduce the length of either one.",
+        None,
+    ),
+    "413": lambda window, size: (
+        "413 Payload Too Large",
+        [("Content-Type", "text/plain")],
+        [b"too large"],
+    ),
+    "dashscope-500": lambda window, size: _refusal(
+        "500 Internal Server Error",
+        f"Range of input length should be [1, {window}]",
+        "InternalError",
+    ),
+}
+
+
 def default_reply(fake: FakeUpstream, request: dict[str, Any]) -> WSGIReply:
     body = request["body"]
     if body.get("stream"):
@@ -213,6 +255,13 @@ class FakeUpstream:
             self.refresh_mode = "ok"  # "ok", "dead" (400 invalid_grant), "error" (500)
             self.valid_tokens = {"tok-initial"}
             self.valid_refresh_tokens = {"refresh-initial"}
+            # A context window the fake enforces, measured in characters of the messages'
+            # JSON (its own rough count), refused in one provider's wording (LENGTH_REFUSALS).
+            self.context_window: int | None = None
+            self.length_wording = "dashscope"
+            # GET /v1/models: this body (None: 404), and the requests it got.
+            self.model_list: dict[str, Any] | None = None
+            self.model_list_requests: list[dict[str, str]] = []
             self.reject_every_token = False  # the ended free tier: even fresh tokens 401
             self.device_polls_before_approval = 1
             self.device_polls = 0
@@ -231,7 +280,14 @@ class FakeUpstream:
             if key.startswith("HTTP_")
         }
         headers["content-type"] = environ.get("CONTENT_TYPE", "")
-        if path == "/api/v1/oauth2/token":
+        if path == "/v1/models" and environ["REQUEST_METHOD"] == "GET":
+            with self._lock:
+                self.model_list_requests.append(headers)
+            if self.model_list is None:
+                status, hdrs, body = _json("404 Not Found", {"error": {"message": "no list"}})
+            else:
+                status, hdrs, body = _json("200 OK", self.model_list)
+        elif path == "/api/v1/oauth2/token":
             status, hdrs, body = self._token(urllib.parse.parse_qs(raw.decode()))
         elif path == "/api/v1/oauth2/device/code":
             status, hdrs, body = _json(
@@ -315,6 +371,10 @@ class FakeUpstream:
                     }
                 },
             )
+        if self.context_window is not None:
+            size = len(json.dumps(body.get("messages"), ensure_ascii=False))
+            if size > self.context_window:
+                return LENGTH_REFUSALS[self.length_wording](self.context_window, size)
         with self._lock:
             reply = self.script.popleft() if self.script else default_reply
         return reply(self, request)

@@ -426,3 +426,47 @@ def test_no_platform_variable_no_platform(tmp_path: Path) -> None:
     # .env is the operator's file, not the platform's environment
     dotenv = write_dotenv(tmp_path, "DYNO=web.1\n")
     assert Config.from_env({}, dotenv_path=dotenv).platform is None
+def test_model_info_takes_json_or_a_file(tmp_path: Path) -> None:
+    text = (
+        '{"dashscope": {"qwen3-coder-plus": '
+        '{"context_length": 1000000, "max_output_tokens": 65536}}}'
+    )
+    inline = Config.from_env({"MODEL_INFO": text}, dotenv_path=None)
+    assert inline.model_info == {
+        "dashscope": {"qwen3-coder-plus": {"context_length": 1000000, "max_output_tokens": 65536}}
+    }
+    path = tmp_path / "info.json"
+    path.write_text(text)
+    assert Config.from_env({"MODEL_INFO": str(path)}, dotenv_path=None).model_info == (
+        inline.model_info
+    )
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ('{"dashscope": {"m": {"context": 5}}}', "unknown field 'context'"),
+        ('{"dashscope": {"m": {"context_length": 0}}}', "positive integer"),
+        ('{"dashscope": {"m": {"context_length": "1M"}}}', "positive integer"),
+        ('{"nowhere": {"m": {"context_length": 5}}}', "unknown backend 'nowhere'"),
+        ('["x"]', "expected"),
+    ],
+)
+def test_bad_model_info_names_the_variable(raw: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="MODEL_INFO") as caught:
+        Config.from_env({"MODEL_INFO": raw}, dotenv_path=None)
+    assert words in str(caught.value)
+
+
+def test_context_guard_settings() -> None:
+    config = Config.from_env(
+        {"CONTEXT_GUARD": "false", "CONTEXT_MIN_OUTPUT_TOKENS": "2048", "MODEL_LIST_REFRESH": "0"},
+        dotenv_path=None,
+    )
+    assert (config.context_guard, config.context_min_output_tokens) == (False, 2048)
+    assert config.model_list_refresh == 0
+    assert (
+        Config.from_env({"MODEL_LIST_REFRESH": "3h"}, dotenv_path=None).model_list_refresh == 10800
+    )
+    with pytest.raises(ConfigError, match="CONTEXT_MIN_OUTPUT_TOKENS"):
+        Config.from_env({"CONTEXT_MIN_OUTPUT_TOKENS": "0"}, dotenv_path=None)

@@ -185,6 +185,23 @@ def test_doctor_all_fine(doctor_env, tmp_path, fake, fake_b):
     assert fake.chat_requests[-1]["body"]["max_tokens"] == 1
 
 
+def test_doctor_names_upstream_models_the_tables_do_not_know(doctor_env, tmp_path, fake, fake_b):
+    fake_b.model_list = {
+        "data": [{"id": "qwen3-coder-plus"}, {"id": "qwen4-max"}, {"id": "qwen3-max"}]
+    }
+    env = {
+        **doctor_env,
+        "DASHSCOPE_API_KEY": "sk-dash-1",
+        "DASHSCOPE_BASE_URL": fake_b.api_base,
+    }
+    result = doctor(env, tmp_path)
+    assert "upstream models the tables do not know: qwen4-max (" in result.stdout
+    assert fake_b.model_list_requests[-1]["authorization"] == "Bearer sk-dash-1"
+    report = json.loads(doctor(env, tmp_path, "--json").stdout)
+    dashscope = next(c for c in report["backends"] if c["backend"] == "dashscope")
+    assert dashscope["unknown_models"] == ["qwen4-max"]
+
+
 def test_doctor_dead_refresh_token_says_auth_login(doctor_env, tmp_path, fake, creds_path):
     write_creds(creds_path, fake, expires_in=-60)
     fake.refresh_mode = "dead"

@@ -1,22 +1,23 @@
 """The Anthropic Messages API door for Claude Code and the `anthropic` SDK:
-`POST /v1/messages` (streamed or not), `POST /v1/messages/count_tokens` (an estimate) and
-`HEAD /api/hello`. Errors leave in Anthropic's shape."""
+`POST /v1/messages` (streamed or not), `POST /v1/messages/count_tokens` (Qwen's token
+count of the translated prompt) and `HEAD /api/hello`. Errors leave in Anthropic's shape."""
 
 from __future__ import annotations
 
 import orjson
 from flask import Blueprint, Response
 
-from qwenproxy.api.context import request_json, require_client, translated_door
+from qwenproxy.api.context import request_json, require_client, services, translated_door
 from qwenproxy.api.errors import refusal_for
-from qwenproxy.errors import ProxyError
+from qwenproxy.errors import ContextLengthExceededError, ProxyError
 from qwenproxy.services.anthropic_format import (
+    error_body,
     error_body_for,
-    estimate_input_tokens,
     to_chat_request,
     to_message,
 )
 from qwenproxy.services.anthropic_stream import AnthropicStream
+from qwenproxy.services.qwen_tokens import REPLY_PRIMER
 
 bp = Blueprint("anthropic", __name__)
 bp.before_request(require_client)
@@ -37,13 +38,22 @@ def messages() -> Response:
 
 @bp.post("/v1/messages/count_tokens")
 def count_tokens() -> dict[str, int]:
-    return {"input_tokens": estimate_input_tokens(request_json())}
+    """The prompt as the upstream will see it (translated like /v1/messages), counted
+    with Qwen's vocabulary and chat template, without the answer's primer."""
+    translated = to_chat_request(request_json(), services().config.anthropic_model_map)
+    chat = translated.chat
+    counter = services().tokens
+    total = counter.count_chat_off_hub(chat.get("messages") or [], chat.get("tools"))
+    return {"input_tokens": max(1, total - REPLY_PRIMER)}
 
 
 def error_response(error: ProxyError) -> Response:
-    response = Response(
-        orjson.dumps(error_body_for(error)), status=error.status, mimetype="application/json"
+    body = (
+        error_body("invalid_request_error", error.anthropic_message())
+        if isinstance(error, ContextLengthExceededError)
+        else error_body_for(error)
     )
+    response = Response(orjson.dumps(body), status=error.status, mimetype="application/json")
     for name, value in error.headers.items():
         response.headers[name] = value
     return response

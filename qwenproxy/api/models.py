@@ -16,7 +16,16 @@ CREATED = 1700000000  # a fixed timestamp: these entries describe names, not rel
 
 
 def _entry(model_id: str, owner: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": CREATED, "owned_by": owner}
+    """One model, with OpenRouter's field names for its limits (null when unknown)."""
+    facts = services().facts.facts(owner, model_id.split(":", 1)[1])
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": CREATED,
+        "owned_by": owner,
+        "context_length": facts.context_length,
+        "max_output_tokens": facts.max_output_tokens,
+    }
 
 
 @bp.get("/v1/models")

@@ -25,6 +25,7 @@ from qwenproxy.errors import (
     UpstreamTimeoutError,
     upstream_error_for_status,
 )
+from qwenproxy.services.context_guard import context_refusal
 from qwenproxy.services.http1 import WAIT_CHECK_SECONDS
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
@@ -321,6 +322,12 @@ class OpenAICompatibleBackend:
         if "error" in parsed and "choices" not in parsed:
             error = parsed["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
+            code = error.get("code") if isinstance(error, dict) else None
+            refusal = context_refusal(
+                400, str(message or ""), code if isinstance(code, str) else None
+            )
+            if refusal is not None:
+                raise refusal
             raise UpstreamError(f"Backend {self.name} failed: {message}")
         return UpstreamReply(parsed, _passed_headers(response))
 
@@ -381,6 +388,9 @@ class OpenAICompatibleBackend:
                 if fresh is not None:
                     auth, retried = fresh, True
                     continue
+            refusal = context_refusal(status, message, code)
+            if refusal is not None:
+                raise refusal
             error = upstream_error_for_status(
                 status, f"Backend {self.name}: {message}", headers=passed
             )

@@ -13,10 +13,12 @@ from typing import Any
 
 import orjson
 
-from qwenproxy.errors import ClientGoneError, ProxyError, RateLimitError
+from qwenproxy.errors import ClientGoneError, ContextLengthExceededError, ProxyError, RateLimitError
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
+from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
+from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
@@ -82,6 +84,7 @@ class RequestContext:
     loop_detected: bool = False
     command_only: bool = False
     redactions: int = 0
+    max_tokens_lowered: int | None = None  # what the context guard lowered max_tokens to
     # Whether the client has closed its connection (None: cannot tell, e.g. in tests).
     client_gone: Callable[[], bool] | None = None
     # Called too while an upstream is awaited, after the client check: the non-stream
@@ -155,6 +158,8 @@ class CompletionService:
         guards: GuardSettings | None = None,
         stream_keepalive: float | None = None,
         accounting: Any = None,
+        context_guard: ContextGuard | None = None,
+        facts: ModelFactsBook | None = None,
     ) -> None:
         self.router = router
         self.sessions = sessions
@@ -163,6 +168,8 @@ class CompletionService:
         self.guards = guards or GuardSettings()
         self.stream_keepalive = stream_keepalive
         self.accounting = accounting  # services.accounting.Accounting, or None
+        self.context_guard = context_guard
+        self.facts = facts
 
     # --- the entry point ----------------------------------------------------------------
 
@@ -248,6 +255,8 @@ class CompletionService:
             result = self._complete(plan, upstream, ctx, loops)
         if ctx.redactions:
             result.headers["X-Qwenproxy-Redactions"] = str(ctx.redactions)
+        if ctx.max_tokens_lowered is not None:
+            result.headers[MAX_TOKENS_HEADER] = str(ctx.max_tokens_lowered)
         return result
 
     def _save_changes(
@@ -273,10 +282,22 @@ class CompletionService:
         self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext, call: str
     ) -> tuple[Any, Target]:
         last_error: ProxyError | None = None
+        size = self.context_guard.measure(upstream) if self.context_guard else None
         for target, account in plan.attempts():
-            ctx.attempts += 1
+            facts = self._facts(target)
             body = {**upstream, "model": target.upstream_model}
             ctx.backend, ctx.upstream_model = target.backend.name, body["model"]
+            if size is not None and self.context_guard is not None:
+                try:
+                    fit = self.context_guard.fit(size, upstream, facts)
+                except ContextLengthExceededError as exc:
+                    last_error = exc  # a later target of a route may have a larger window
+                    continue
+                if fit.max_tokens is not None:
+                    body[fit.field] = ctx.max_tokens_lowered = fit.max_tokens
+                else:
+                    ctx.max_tokens_lowered = None
+            ctx.attempts += 1
             started = time.perf_counter()
             try:
                 paused = target.backend.paused_answer(account)
@@ -288,6 +309,10 @@ class CompletionService:
                     else None
                 )
                 result = getattr(target.backend, call)(body, account, waiting)
+            except ContextLengthExceededError as exc:
+                # The upstream refused for length: never a failover (the next model would
+                # refuse too, or answer a prompt the client must shorten anyway).
+                raise self._refusal_with_numbers(exc, size, upstream, facts) from None
             except ProxyError as exc:
                 self._note_failure(target, account, exc)
                 if not _can_fail_over(exc):
@@ -313,6 +338,31 @@ class CompletionService:
             code="insufficient_quota",
             headers={"Retry-After": str(max(1, round(wait)))},
         )
+
+    def _facts(self, target: Target) -> ModelFacts:
+        if self.facts is None:
+            return ModelFacts()
+        return self.facts.facts(target.backend.name, target.model)
+
+    def _refusal_with_numbers(
+        self,
+        error: ContextLengthExceededError,
+        size: PromptSize | None,
+        upstream: dict[str, Any],
+        facts: ModelFacts,
+    ) -> ContextLengthExceededError:
+        """An upstream's refusal, with the prompt's tokens and the window filled in where
+        its words did not say them (counted now: the error path only)."""
+        prompt = None
+        if error.prompt_tokens is None:
+            if size is None and self.context_guard is not None:
+                size = self.context_guard.measure(upstream)
+            if size is not None:
+                try:
+                    prompt = size.exact()
+                except Exception:  # a count is a nicety here, never a new failure
+                    log.exception("counting a refused prompt failed")
+        return error.completed(prompt, facts.context_length)
 
     @staticmethod
     def _note_failure(target: Target, account: int, error: ProxyError) -> None:

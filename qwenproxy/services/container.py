@@ -32,11 +32,15 @@ from qwenproxy.services.backends import (
 )
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
+from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.metrics import Metrics, build_metrics
+from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
+from qwenproxy.services.model_lists import ModelListRefresher, model_list_sources
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
+from qwenproxy.services.qwen_tokens import PromptCounter
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.slow_answer import NonStreamKeepalive
@@ -83,6 +87,9 @@ class Services:
     accounting: Accounting | None = None
     secrets: Callable[[], Iterator[str]] = lambda: iter(())
     nonstream_keepalive: NonStreamKeepalive | None = None  # None: NONSTREAM_KEEPALIVE off
+    facts: ModelFactsBook = field(default_factory=ModelFactsBook)
+    tokens: PromptCounter = field(default_factory=PromptCounter)
+    model_lists: ModelListRefresher | None = None
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -114,6 +121,17 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
             yield creds.refresh_token
 
     return secrets
+
+
+def facts_overrides(config: Config) -> dict[str, dict[str, ModelFacts]]:
+    """MODEL_INFO as facts per backend and model."""
+    return {
+        backend: {
+            model: ModelFacts(info.get("context_length"), info.get("max_output_tokens"))
+            for model, info in table.items()
+        }
+        for backend, table in config.model_info.items()
+    }
 
 
 def build_services(
@@ -149,7 +167,8 @@ def build_services(
             timeout,
         )
     }
-    for spec in key_backend_specs(config):
+    specs = key_backend_specs(config)
+    for spec in specs:
         accounts: list[Credentials] = [
             StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
         ] or [StaticKeyCredentials(spec.base_url, None, spec.headers)]
@@ -168,6 +187,16 @@ def build_services(
         unlisted=hidden,
     )
     sessions = SessionStore(db, config.session_ttl, clock)
+    facts = ModelFactsBook(
+        overrides=facts_overrides(config),
+        upstream_name=lambda name, model: (
+            backends[name].upstream_model(model) if name in backends else model
+        ),
+    )
+    tokens = PromptCounter()
+    model_lists = ModelListRefresher(
+        db, http, model_list_sources(specs), facts, config.model_list_refresh, clock=clock
+    )
     commands = CommandProcessor(
         config.command_prefix,
         router,
@@ -205,6 +234,10 @@ def build_services(
         ),
         stream_keepalive=config.stream_keepalive,
         accounting=accounting,
+        context_guard=ContextGuard(
+            tokens, enabled=config.context_guard, floor=config.context_min_output_tokens
+        ),
+        facts=facts,
     )
     return Services(
         config=config,
@@ -223,4 +256,7 @@ def build_services(
         nonstream_keepalive=(
             NonStreamKeepalive(config.nonstream_keepalive) if config.nonstream_keepalive else None
         ),
+        facts=facts,
+        tokens=tokens,
+        model_lists=model_lists,
     )

@@ -12,6 +12,7 @@ from qwenproxy.errors import ProxyError
 from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
 from qwenproxy.services.container import Services, qwen_oauth_available
 from qwenproxy.services.hosting import doctor_notes
+from qwenproxy.services.model_lists import fetch_model_list
 from qwenproxy.services.models import BACKEND_KEY_HINTS, key_backends_hint
 
 SECRET_SETTINGS = {s.env for s in SETTINGS if s.attr.endswith("api_keys")}
@@ -26,6 +27,9 @@ class BackendCheck:
     detail: str
     fix: str | None = None
     latency_ms: float | None = None
+    # Models the upstream's own list offers that the built-in tables and MODEL_INFO do not
+    # describe (no context window known for them but what the list says).
+    unknown_models: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +129,34 @@ def live_check(backend: OpenAICompatibleBackend, model: str) -> tuple[float, str
     return latency, f"{body['model']} answered ({reply.body.get('model', '?')})"
 
 
+def unknown_models(services: Services, backend: str, live: bool) -> list[str]:
+    """Ids the backend's model list offers (read now when `live`, else the cached copy)
+    that neither the built-in tables nor MODEL_INFO know. On OpenRouter only `qwen/` ones:
+    its list holds every vendor's models."""
+    refresher = services.model_lists
+    if refresher is None:
+        return []
+    ids: list[str] = []
+    source = next((s for s in refresher.sources if s.backend == backend), None)
+    if live and source is not None:
+        try:
+            ids = [m.id for m in fetch_model_list(services.http, source)]
+        except Exception:  # doctor reports what it can; the live check above says more
+            ids = []
+    if not ids:
+        try:
+            ids = [m.id for m in refresher.cached().get(backend, (0.0, []))[1]]
+        except Exception:
+            ids = []
+    known = services.facts.known_names(backend)
+    backend_obj = services.router.backends.get(backend)
+    if backend_obj is not None:
+        known |= set(backend_obj.models())
+    if backend == "openrouter":
+        ids = [i for i in ids if i.startswith("qwen/")]
+    return sorted(i for i in set(ids) if i not in known)
+
+
 def run_doctor(services: Services, live: bool = True) -> DoctorReport:
     config = services.config
     router = services.router
@@ -162,6 +194,7 @@ def run_doctor(services: Services, live: bool = True) -> DoctorReport:
             except ProxyError as exc:
                 check.detail = exc.message
                 check.fix = _fix_for(exc, name)
+        check.unknown_models = unknown_models(services, name, live)
         report.backends.append(check)
     if not any(c.default for c in report.backends):
         report.backends.append(
@@ -192,6 +225,14 @@ def format_report(report: DoctorReport) -> str:
         lines.append(f"         credentials: {check.credentials}")
         if check.fix:
             lines.append(f"         what to do: {check.fix}")
+        if check.unknown_models:
+            shown = ", ".join(check.unknown_models[:20])
+            more = len(check.unknown_models) - 20
+            lines.append(
+                f"         upstream models the tables do not know: {shown}"
+                + (f" and {more} more" if more > 0 else "")
+                + " (describe them with MODEL_INFO)"
+            )
     lines.append("")
     if report.hosting:
         lines.append("hosting:")

@@ -4,6 +4,7 @@ WSGI transport) and by raw requests, against the fake upstream."""
 from __future__ import annotations
 
 import json
+import re
 
 import anthropic
 import httpx2
@@ -517,14 +518,73 @@ def test_keepalive_becomes_a_ping_event(make_config, fake):
 # --- the other routes -------------------------------------------------------------------
 
 
-def test_count_tokens_gives_an_estimate(sdk, fake):
+CHINESE = "通义千问是阿里云研发的大语言模型，能够回答问题、创作文字，还能编写代码。"
+
+
+def test_count_tokens_counts_with_qwens_vocabulary_and_template(sdk, fake):
+    # 37: the dashscope 2.0.2 wheel's own QwenTokenizer on the rendered prompt
+    # "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\n" + CHINESE +
+    # "<|im_end|>\n" (40 with the "<|im_start|>assistant\n" that follows, 3 tokens);
+    # see tests/services/test_qwen_tokens.py for how those numbers were made.
     result = sdk.messages.count_tokens(
-        model=MODEL,
-        system="s" * 40,
-        messages=[{"role": "user", "content": "u" * 400}],
+        model=MODEL, system="You are terse.", messages=[{"role": "user", "content": CHINESE}]
     )
-    assert result.input_tokens == 110
+    assert result.input_tokens == 37
     assert fake.chat_requests == []
+
+
+def test_count_tokens_of_an_english_turn(sdk):
+    # 26: the same tokenizer on "<|im_start|>user\n" + the text + "<|im_end|>\n".
+    text = (
+        "The quick brown fox jumps over the lazy dog. Proxies forward requests; they don't "
+        "answer them."
+    )
+    result = sdk.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": text}])
+    assert result.input_tokens == 26
+
+
+SMALL_WINDOW = {"qwen-oauth": {"coder-model": {"context_length": 3000}}}
+
+
+def test_a_prompt_over_the_window_is_anthropics_prompt_too_long(make_sdk, fake):
+    sdk = make_sdk(model_info=SMALL_WINDOW)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(
+            model="qwen3-coder-plus",
+            max_tokens=32000,
+            stream=True,  # as Claude Code asks (the SDK wants a stream for 32,000 tokens)
+            messages=[{"role": "user", "content": "hello " * 4000}],
+        )
+    assert caught.value.status_code == 400
+    error = caught.value.body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 3000 maximum", error["message"])
+    assert fake.chat_requests == []
+
+
+def test_claude_codes_max_tokens_is_lowered_to_what_fits(make_sdk, fake):
+    sdk = make_sdk(model_info=SMALL_WINDOW)
+    raw = sdk.messages.with_raw_response.create(
+        model="qwen3-coder-plus",
+        max_tokens=20000,
+        messages=[{"role": "user", "content": "hello " * 1000}],
+    )
+    sent = fake.chat_requests[-1]["body"]["max_tokens"]
+    assert 1900 < sent < 2000
+    assert raw.headers["X-Qwenproxy-Max-Tokens"] == str(sent)
+
+
+def test_an_upstream_length_refusal_is_anthropics_prompt_too_long(make_sdk, fake):
+    fake.context_window, fake.length_wording = 200, "dashscope"
+    sdk = make_sdk(context_guard=False)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        sdk.messages.create(
+            model="qwen3-coder-plus",
+            max_tokens=1000,
+            messages=[{"role": "user", "content": "x" * 500}],
+        )
+    message = caught.value.body["error"]["message"]
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 200 maximum", message)
 
 
 def test_hello_probe_answers_without_a_key(make_config):

@@ -383,3 +383,131 @@ def test_upstream_comments_alone_do_not_hold_back_keepalives(make_config, fake):
     assert frames.count(b": ping") >= 2  # ~0.6 s of comments, a ping every 0.2 s
     assert b"OPENROUTER" not in response.get_data()
     assert frames[-2] == b"data: [DONE]"
+
+
+# --- the context guard --------------------------------------------------------------------
+
+SMALL_WINDOW = {"qwen-oauth": {"coder-model": {"context_length": 3000, "max_output_tokens": 2000}}}
+
+
+@pytest.fixture
+def make_openai(make_config):
+    import httpx2
+    import openai
+
+    clients: list = []
+
+    def make(**config):
+        app = create_app(make_config(**config))
+        http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://localhost")
+        clients.append(http)
+        return openai.OpenAI(
+            base_url="http://localhost/v1", api_key="x", http_client=http, max_retries=0
+        )
+
+    yield make
+    for http in clients:
+        http.close()
+
+
+def test_a_prompt_over_the_window_is_openais_context_error_before_any_upstream_call(
+    make_openai, fake
+):
+    import openai
+
+    sdk = make_openai(model_info=SMALL_WINDOW)
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.chat.completions.create(
+            model="qwen3-coder-plus", messages=[{"role": "user", "content": "hello " * 4000}]
+        )
+    assert caught.value.status_code == 400
+    assert caught.value.code == "context_length_exceeded"
+    message = caught.value.body["message"]
+    assert re.fullmatch(
+        r"This model's maximum context length is 3000 tokens\. However, your messages "
+        r"resulted in \d+ tokens\.",
+        message,
+    )
+    assert int(re.search(r"resulted in (\d+)", message).group(1)) > 4000
+    assert fake.chat_requests == []
+
+
+def test_max_tokens_that_does_not_fit_is_lowered_and_reported(make_openai, fake):
+    sdk = make_openai(model_info=SMALL_WINDOW)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="qwen3-coder-plus",
+        messages=[{"role": "user", "content": "hello " * 1000}],
+        max_tokens=32000,
+    )
+    sent = fake.chat_requests[-1]["body"]["max_tokens"]
+    assert 1900 < sent < 2000  # 3000 less a prompt of a little over 1000 tokens
+    assert raw.headers["X-Qwenproxy-Max-Tokens"] == str(sent)
+
+
+def test_max_tokens_that_fits_is_sent_as_asked(make_openai, fake):
+    sdk = make_openai(model_info=SMALL_WINDOW)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="qwen3-coder-plus", messages=USER, max_tokens=500
+    )
+    assert fake.chat_requests[-1]["body"]["max_tokens"] == 500
+    assert "X-Qwenproxy-Max-Tokens" not in raw.headers
+
+
+def test_guard_off_forwards_the_long_prompt(make_openai, fake):
+    sdk = make_openai(model_info=SMALL_WINDOW, context_guard=False)
+    sdk.chat.completions.create(
+        model="qwen3-coder-plus", messages=[{"role": "user", "content": "hello " * 4000}]
+    )
+    assert len(fake.chat_requests) == 1
+
+
+ROUTE = {
+    "main": {"policy": "m", "elements": ["qwen-oauth:qwen3-coder-plus", "qwen-oauth:qwen-plus"]}
+}
+
+
+@pytest.mark.parametrize(
+    "wording, window_in_message",
+    [
+        ("dashscope", True),
+        ("dashscope-500", True),
+        ("vllm", True),
+        ("openrouter", True),
+        ("413", False),
+    ],
+)
+def test_upstream_length_refusals_become_the_context_error_without_failover(
+    make_config, fake, wording, window_in_message
+):
+    from tests.api.test_anthropic import recording_app
+
+    fake.context_window, fake.length_wording = 200, wording
+    app, finished = recording_app(make_config, context_guard=False, failover_routes=ROUTE)
+    response = post(
+        app.test_client(), {"model": "main", "messages": [{"role": "user", "content": "x" * 500}]}
+    )
+    assert response.status_code == 400
+    error = response.json["error"]
+    assert error["code"] == "context_length_exceeded"
+    assert error["type"] == "invalid_request_error"
+    window = 200 if window_in_message else 1_000_000  # else the table's coder-model window
+    assert error["message"].startswith(f"This model's maximum context length is {window} tokens.")
+    assert len(fake.chat_requests) == 1  # never a failover to the route's next element
+    [ctx] = finished
+    assert (ctx.status, ctx.error_code) == (400, "context_length_exceeded")
+
+
+def test_a_route_skips_an_element_whose_window_is_too_small(make_config, fake):
+    info = {
+        "qwen-oauth": {
+            "coder-model": {"context_length": 1000},
+            "qwen-plus": {"context_length": 100000},
+        }
+    }
+    app = create_app(make_config(model_info=info, failover_routes=ROUTE))
+    response = post(
+        app.test_client(),
+        {"model": "main", "messages": [{"role": "user", "content": "hello " * 2000}]},
+    )
+    assert response.status_code == 200
+    assert [r["body"]["model"] for r in fake.chat_requests] == ["qwen-plus"]

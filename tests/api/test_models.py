@@ -40,3 +40,33 @@ def test_health_needs_no_key_and_no_upstream(make_config, fake):
     assert response.status_code == 200
     assert response.json == {"status": "ok"}
     assert fake.chat_requests == [] and fake.token_requests == []
+
+
+def test_models_carry_context_length_and_max_output_tokens(client):
+    ids = {entry["id"]: entry for entry in client.get("/v1/models").json["data"]}
+    coder = ids["qwen-oauth:coder-model"]
+    assert (coder["context_length"], coder["max_output_tokens"]) == (1_000_000, 65_536)
+    # an alias inherits its target's facts
+    alias = ids["qwen-oauth:qwen3-coder-plus"]
+    assert (alias["context_length"], alias["max_output_tokens"]) == (1_000_000, 65_536)
+    detail = client.get("/v1/models/qwen-oauth:qwen-max").json
+    assert (detail["context_length"], detail["max_output_tokens"]) == (32_768, 8_192)
+
+
+def test_model_info_overrides_and_extends_the_facts(make_config):
+    info = {
+        "qwen-oauth": {"coder-model": {"context_length": 500_000}},
+        "my-vllm": {"Qwen/Qwen3-Coder-30B-A3B-Instruct": {"context_length": 65_536}},
+    }
+    from qwenproxy.config import CustomBackend
+
+    backend = CustomBackend(
+        "my-vllm", "http://127.0.0.1:9/v1", (), ("Qwen/Qwen3-Coder-30B-A3B-Instruct",)
+    )
+    client = create_app(make_config(model_info=info, custom_backends=(backend,))).test_client()
+    ids = {entry["id"]: entry for entry in client.get("/v1/models").json["data"]}
+    assert ids["qwen-oauth:qwen3-coder-flash"]["context_length"] == 500_000
+    assert ids["qwen-oauth:qwen3-coder-flash"]["max_output_tokens"] == 65_536
+    vllm = ids["my-vllm:Qwen/Qwen3-Coder-30B-A3B-Instruct"]
+    assert (vllm["context_length"], vllm["max_output_tokens"]) == (65_536, None)
+    assert ids["qwen-oauth:qwen2.5-7b-instruct"]["context_length"] == 131_072

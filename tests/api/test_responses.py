@@ -390,3 +390,27 @@ def test_reasoning_of_a_whole_answer_is_a_reasoning_item(sdk, fake):
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output[0].content[0].text == "Short plan."
     assert response.output_text == "Done"
+
+
+# --- the context guard --------------------------------------------------------------------
+
+
+def test_a_prompt_over_the_window_is_a_400_context_length_exceeded(make_sdk, fake):
+    sdk = make_sdk(model_info={"qwen-oauth": {"coder-model": {"context_length": 3000}}})
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="qwen3-coder-plus", input="hello " * 4000)
+    assert caught.value.status_code == 400
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.body["message"].startswith(
+        "This model's maximum context length is 3000 tokens."
+    )
+    assert fake.chat_requests == []
+
+
+def test_an_upstream_length_refusal_is_a_400_context_length_exceeded(make_sdk, fake):
+    fake.context_window, fake.length_wording = 200, "vllm"
+    sdk = make_sdk(context_guard=False)
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.responses.create(model="qwen3-coder-plus", input="x" * 500, stream=True)
+    assert caught.value.code == "context_length_exceeded"
+    assert len(fake.chat_requests) == 1
