@@ -20,6 +20,7 @@ from qwenproxy.config_values import (
     ConfigError,
     parse_aliases,
     parse_backend,
+    parse_backend_switches,
     parse_bool,
     parse_ca_bundle,
     parse_choice,
@@ -31,6 +32,7 @@ from qwenproxy.config_values import (
     parse_model_map,
     parse_paths,
     parse_prefix,
+    parse_prices,
     parse_proxy_url,
     parse_routes,
     parse_seconds,
@@ -312,6 +314,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_model_map,
         "model for vendor model names (claude-*, gpt-*) on /v1/messages and /v1/responses",
     ),
+    Setting(
+        "CACHE_MARKERS",
+        "cache_markers",
+        None,
+        parse_backend_switches,
+        "per backend: forward the Anthropic door's cache_control markers (JSON or a file)",
+    ),
+    Setting(
+        "MODEL_PRICES",
+        "model_prices",
+        None,
+        parse_prices,
+        "per-backend price table per million tokens (JSON or a file)",
+    ),
 )
 
 
@@ -418,6 +434,10 @@ class Config:
     model_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     failover_routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     anthropic_model_map: Mapping[str, str] = field(default_factory=dict)
+    cache_markers: Mapping[str, bool] = field(default_factory=dict)
+    model_prices: Mapping[str, Mapping[str, Mapping[str, Any] | None]] = field(
+        default_factory=dict
+    )
     custom_backends: tuple[CustomBackend, ...] = field(default=(), repr=False)
     # Where each variable's value came from: "env", ".env" or "default" (with the
     # conventional name that gave it, e.g. "env HTTPS_PROXY").
@@ -481,11 +501,16 @@ class Config:
                         "FAILOVER_ROUTES",
                         f"route {route!r}: unknown backend {prefix!r} in {element!r}",
                     )
-        for backend in self.model_aliases:
-            if backend not in known:
-                raise ConfigError(
-                    "MODEL_ALIASES", f"unknown backend {backend!r}; known: {', '.join(known)}"
-                )
+        for variable, tables in (
+            ("MODEL_ALIASES", self.model_aliases),
+            ("CACHE_MARKERS", self.cache_markers),
+            ("MODEL_PRICES", self.model_prices),
+        ):
+            for backend in tables:
+                if backend not in known:
+                    raise ConfigError(
+                        variable, f"unknown backend {backend!r}; known: {', '.join(known)}"
+                    )
 
     @property
     def client_auth_enabled(self) -> bool:

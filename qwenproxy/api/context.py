@@ -61,9 +61,9 @@ def translated_door(
     translated = to_chat(
         parse_json_object(request.get_data(cache=False)), services().config.anthropic_model_map
     )
-    result = services().completions.handle(
-        translated.chat, request_context(requested_model=translated.model)
-    )
+    ctx = request_context(requested_model=translated.model)
+    ctx.cache_markers = getattr(translated, "cache_markers", False)
+    result = services().completions.handle(translated.chat, ctx)
     return pipeline_response(
         result,
         lambda frames: translate_frames(frames, stream_translator(translated)),

@@ -35,6 +35,8 @@ from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.models import ModelCatalog
+from qwenproxy.services.prices import PriceTable
+from qwenproxy.services.prompt_cache import markers_enabled
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
@@ -140,6 +142,7 @@ def build_services(
             oauth_accounts,
             oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
             timeout,
+            cache_markers=markers_enabled("qwen-oauth", config.cache_markers),
         )
     }
     for spec in key_backend_specs(config):
@@ -147,7 +150,12 @@ def build_services(
             StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
         ] or [StaticKeyCredentials(spec.base_url, None, spec.headers)]
         backends[spec.name] = OpenAICompatibleBackend(
-            spec.name, http, accounts, spec.catalog, timeout
+            spec.name,
+            http,
+            accounts,
+            spec.catalog,
+            timeout,
+            cache_markers=markers_enabled(spec.name, config.cache_markers),
         )
     db = Database(config.database_url or default_database_url(config.data_dir))
     routes = RouteStore(db, config.failover_routes, clock)
@@ -192,7 +200,9 @@ def build_services(
             redact_api_keys=config.redact_api_keys_in_prompts,
         ),
         stream_keepalive=config.stream_keepalive,
-        accounting=Accounting(ledger, metrics, known_model=router.is_model_name),
+        accounting=Accounting(
+            ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
+        ),
     )
     return Services(
         config=config,

@@ -113,7 +113,7 @@ def test_system_prompt_reaches_upstream_as_one_system_message(sdk, fake):
     ask(
         sdk,
         system=[
-            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "You are terse."},
             {"type": "text", "text": "Answer in English."},
         ],
         messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
@@ -214,7 +214,6 @@ def follow_up(question: str, tool_use, result: str) -> list[dict]:
                     "type": "tool_result",
                     "tool_use_id": tool_use.id,
                     "content": result,
-                    "cache_control": {"type": "ephemeral"},
                 }
             ],
         },
@@ -323,9 +322,8 @@ def test_tool_result_errors_are_noted_for_the_model(sdk, fake):
     assert "error" in tool["content"].lower()
 
 
-def test_claude_code_shaped_request_is_accepted(make_config, fake):
-    client = create_app(make_config()).test_client()
-    body = {
+def claude_code_body() -> dict:
+    return {
         "model": MODEL,
         "max_tokens": 32000,
         "stream": False,
@@ -345,7 +343,10 @@ def test_claude_code_shaped_request_is_accepted(make_config, fake):
         "output_config": {"effort": "high"},
         "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
     }
-    response = client.post(
+
+
+def post_claude_code(client, body: dict):
+    return client.post(
         "/v1/messages?beta=true",
         json=body,
         headers={
@@ -354,15 +355,40 @@ def test_claude_code_shaped_request_is_accepted(make_config, fake):
             "anthropic-version": "2023-06-01",
         },
     )
+
+
+def test_claude_code_shaped_request_is_accepted_and_its_markers_forwarded(make_config, fake):
+    client = create_app(make_config()).test_client()
+    response = post_claude_code(client, claude_code_body())
     assert response.status_code == 200, response.json
     sent = fake.chat_requests[-1]["body"]
-    assert sent["messages"][0] == {
+    marker = {"type": "ephemeral"}
+    assert sent["messages"][0] == {  # qwen-oauth takes markers (as qwen-code sends them)
         "role": "system",
-        "content": "You are Claude Code.\n\nExtra system note.",
+        "content": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": marker},
+            {"type": "text", "text": "Extra system note."},
+        ],
+    }
+    assert sent["messages"][1] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "hi", "cache_control": marker}],
     }
     assert sent["tools"][0]["function"]["name"] == "get_weather"
     for dropped in ("metadata", "thinking", "output_config", "context_management"):
         assert dropped not in sent
+
+
+def test_a_backend_switched_off_gets_the_request_without_markers(make_config, fake):
+    client = create_app(make_config(cache_markers={"qwen-oauth": False})).test_client()
+    response = post_claude_code(client, claude_code_body())
+    assert response.status_code == 200, response.json
+    sent = fake.chat_requests[-1]["body"]
+    assert sent["messages"][:2] == [
+        {"role": "system", "content": "You are Claude Code.\n\nExtra system note."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert "cache_control" not in json.dumps(sent)
 
 
 # --- models, commands -------------------------------------------------------------------
