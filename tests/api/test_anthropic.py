@@ -673,3 +673,29 @@ def test_an_answer_of_blank_text_only_still_arrives(sdk, fake):
     events = [chunk({"role": "assistant", "content": "\n"}), chunk({}, finish="stop")]
     _, message = stream_with_thinking(sdk, fake, events)
     assert [(block.type, block.text) for block in message.content] == [("text", "\n")]
+
+
+def test_failover_sends_markers_only_to_the_attempts_whose_backend_takes_them(
+    make_config, fake, fake_b
+):
+    config = make_config(
+        dashscope_api_keys=("sk-dash-1",),
+        dashscope_base_url=fake_b.api_base,
+        failover_routes={
+            "main": {
+                "policy": "m",
+                "elements": ["dashscope:qwen3-coder-plus", "qwen-oauth:qwen3-coder-plus"],
+            }
+        },
+        cache_markers={"qwen-oauth": False},
+    )
+    fake_b.script.append(reply_error(503, "busy"))
+    client = create_app(config).test_client()
+    body = {**claude_code_body(), "model": "main"}
+    response = post_claude_code(client, body)
+    assert response.status_code == 200, response.json
+    first = fake_b.chat_requests[-1]["body"]  # dashscope: markers on
+    assert first["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    second = fake.chat_requests[-1]["body"]  # qwen-oauth, switched off here: none
+    assert "cache_control" not in json.dumps(second)
+    assert second["messages"][0]["content"] == "You are Claude Code.\n\nExtra system note."
