@@ -20,6 +20,7 @@ from qwenproxy.config_values import (
     ConfigError,
     parse_aliases,
     parse_backend,
+    parse_backend_switches,
     parse_bool,
     parse_ca_bundle,
     parse_choice,
@@ -34,6 +35,7 @@ from qwenproxy.config_values import (
     parse_model_map,
     parse_paths,
     parse_prefix,
+    parse_prices,
     parse_proxy_url,
     parse_retention,
     parse_routes,
@@ -360,6 +362,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_model_map,
         "model for vendor model names (claude-*, gpt-*) on /v1/messages and /v1/responses",
     ),
+    Setting(
+        "CACHE_MARKERS",
+        "cache_markers",
+        None,
+        parse_backend_switches,
+        "per backend: forward the Anthropic door's cache_control markers (JSON or a file)",
+    ),
+    Setting(
+        "MODEL_PRICES",
+        "model_prices",
+        None,
+        parse_prices,
+        "per-backend price table per million tokens (JSON or a file)",
+    ),
 )
 
 
@@ -499,6 +515,10 @@ class Config:
     context_min_output_tokens: int = 1024
     model_list_refresh: float = 6 * 3600.0
     anthropic_model_map: Mapping[str, str] = field(default_factory=dict)
+    cache_markers: Mapping[str, bool] = field(default_factory=dict)
+    model_prices: Mapping[str, Mapping[str, Mapping[str, Any] | None]] = field(
+        default_factory=dict
+    )
     custom_backends: tuple[CustomBackend, ...] = field(default=(), repr=False)
     # The hosting platform the process runs on, told by the platform's own variable
     # (PLATFORMS); None elsewhere.
@@ -569,6 +589,8 @@ class Config:
         for variable, tables in (
             ("MODEL_ALIASES", self.model_aliases),
             ("MODEL_INFO", self.model_info),
+            ("CACHE_MARKERS", self.cache_markers),
+            ("MODEL_PRICES", self.model_prices),
         ):
             for backend in tables:
                 if backend not in known:

@@ -371,3 +371,86 @@ def parse_keepalive(name: str, raw: str) -> float:
     if not 1 <= value <= 3600:
         raise ConfigError(name, f"must be 0 (off) or between 1 and 3600 seconds, got {raw!r}")
     return value
+def parse_backend_switches(name: str, raw: str) -> dict[str, bool]:
+    """`{"<backend>": true|false}` (JSON or a file): per-backend switches over defaults."""
+    value = parse_json_or_file(name, raw)
+    if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+        raise ConfigError(name, 'expected {"<backend>": true or false}')
+    return {str(backend).strip().lower(): switch for backend, switch in value.items()}
+
+
+PRICE_FIELDS = ("input", "output", "cache_read", "cache_write", "implicit_cache_read")
+
+
+def _price_number(name: str, where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(name, f"{where} must be a number >= 0 (per million tokens)")
+    return float(value)
+
+
+def _price_tier(name: str, where: str, spec: Any, last: bool, flat: bool) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ConfigError(name, f"{where} must be an object")
+    unknown = set(spec) - {*PRICE_FIELDS, *(("currency",) if flat else ("up_to",))}
+    if unknown:
+        raise ConfigError(name, f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for needed in ("input", "output"):
+        if needed not in spec:
+            raise ConfigError(name, f"{where} needs `{needed}`")
+    tier: dict[str, Any] = {
+        field: _price_number(name, f"{where}.{field}", spec[field])
+        for field in PRICE_FIELDS
+        if spec.get(field) is not None
+    }
+    up_to = spec.get("up_to")
+    if up_to is None and not last:
+        raise ConfigError(name, f"{where} needs `up_to` (every tier but the last)")
+    if up_to is not None and (isinstance(up_to, bool) or not isinstance(up_to, int) or up_to < 1):
+        raise ConfigError(name, f"{where}.up_to must be a whole number of prompt tokens >= 1")
+    tier["up_to"] = up_to
+    return tier
+
+
+def parse_prices(name: str, raw: str) -> dict[str, dict[str, dict[str, Any] | None]]:
+    """MODEL_PRICES: `{"<backend>": {"<model>" or "*": price or null}}`, a price being
+    `{"input", "output", "cache_read", "cache_write", "implicit_cache_read", "currency"}`
+    in currency per million tokens, or `{"currency", "tiers": [{"up_to": N, ...}, ...]}`
+    for prompt-length tiers (the last without `up_to`). Returns each price as
+    `{"currency", "tiers": [...]}`; null (no price: cost unknown) stays None."""
+    value = parse_json_or_file(name, raw)
+    shape = '{"<backend>": {"<model>": {"input": 1.0, "output": 5.0, "currency": "USD"}}}'
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(name, f"expected {shape}")
+    result: dict[str, dict[str, dict[str, Any] | None]] = {}
+    for backend, table in value.items():
+        prices: dict[str, dict[str, Any] | None] = {}
+        for model, spec in table.items():
+            where = f"{backend}.{model}"
+            if spec is None:
+                prices[str(model)] = None
+                continue
+            if not isinstance(spec, dict):
+                raise ConfigError(name, f"{where} must be an object or null")
+            if "tiers" in spec and set(spec) - {"tiers", "currency"}:
+                raise ConfigError(name, f"{where}: with `tiers`, prices go inside the tiers")
+            currency = spec.get("currency", "USD")
+            if not isinstance(currency, str) or not currency.strip():
+                raise ConfigError(name, f"{where}.currency must be a currency code such as USD")
+            raw_tiers = spec.get("tiers")
+            if raw_tiers is None:
+                tiers = [_price_tier(name, where, spec, last=True, flat=True)]
+            else:
+                if not isinstance(raw_tiers, list) or not raw_tiers:
+                    raise ConfigError(name, f"{where}.tiers must be a non-empty list")
+                tiers = [
+                    _price_tier(
+                        name, f"{where}.tiers[{i}]", t, last=i == len(raw_tiers) - 1, flat=False
+                    )
+                    for i, t in enumerate(raw_tiers)
+                ]
+                bounds = [t["up_to"] for t in tiers if t["up_to"] is not None]
+                if bounds != sorted(set(bounds)):
+                    raise ConfigError(name, f"{where}.tiers: `up_to` must grow from tier to tier")
+            prices[str(model)] = {"currency": currency.strip().upper(), "tiers": tiers}
+        result[str(backend).strip().lower()] = prices
+    return result

@@ -208,6 +208,21 @@ LENGTH_REFUSALS: dict[str, Callable[[int, int], WSGIReply]] = {
         "InternalError",
     ),
 }
+# The fields of OpenAI's chat content parts and tool definitions; `refuse_unknown_fields`
+# makes the fake answer 400 to anything else there (as a strictly validating upstream does).
+KNOWN_PART_FIELDS = frozenset({"type", "text", "image_url", "input_audio", "file"})
+KNOWN_TOOL_FIELDS = frozenset({"type", "function"})
+
+
+def unknown_fields(body: dict[str, Any]) -> list[str]:
+    found = []
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            found += [f"messages[].content[].{k}" for k in part if k not in KNOWN_PART_FIELDS]
+    for tool in body.get("tools") or ():
+        found += [f"tools[].{k}" for k in tool if k not in KNOWN_TOOL_FIELDS]
+    return found
 
 
 def default_reply(fake: FakeUpstream, request: dict[str, Any]) -> WSGIReply:
@@ -263,6 +278,7 @@ class FakeUpstream:
             self.model_list: dict[str, Any] | None = None
             self.model_list_requests: list[dict[str, str]] = []
             self.reject_every_token = False  # the ended free tier: even fresh tokens 401
+            self.refuse_unknown_fields = False  # 400 for fields OpenAI's parts do not have
             self.device_polls_before_approval = 1
             self.device_polls = 0
             self.stream_closed = threading.Event()
@@ -375,6 +391,18 @@ class FakeUpstream:
             size = len(json.dumps(body.get("messages"), ensure_ascii=False))
             if size > self.context_window:
                 return LENGTH_REFUSALS[self.length_wording](self.context_window, size)
+        unknown = unknown_fields(body) if self.refuse_unknown_fields else []
+        if unknown:
+            return _json(
+                "400 Bad Request",
+                {
+                    "error": {
+                        "message": f"Unrecognized request argument supplied: {unknown[0]}",
+                        "type": "invalid_request_error",
+                        "code": "invalid_request_error",
+                    }
+                },
+            )
         with self._lock:
             reply = self.script.popleft() if self.script else default_reply
         return reply(self, request)

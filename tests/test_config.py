@@ -470,3 +470,57 @@ def test_context_guard_settings() -> None:
     )
     with pytest.raises(ConfigError, match="CONTEXT_MIN_OUTPUT_TOKENS"):
         Config.from_env({"CONTEXT_MIN_OUTPUT_TOKENS": "0"}, dotenv_path=None)
+# --- prompt caching and prices ----------------------------------------------------------
+
+
+def test_cache_markers_switches_per_backend(tmp_path: Path) -> None:
+    config = Config.from_env(
+        environ={"CACHE_MARKERS": '{"Dashscope": false, "openrouter": true}'}, dotenv_path=None
+    )
+    assert config.cache_markers == {"dashscope": False, "openrouter": True}
+
+
+@pytest.mark.parametrize(
+    "variable, raw, says",
+    [
+        ("CACHE_MARKERS", '{"dashscope": "yes"}', "true or false"),
+        ("CACHE_MARKERS", '{"nope": true}', "unknown backend 'nope'"),
+        ("CACHE_MARKERS", "[1]", "true or false"),
+        ("MODEL_PRICES", '{"nope": {}}', "unknown backend 'nope'"),
+        ("MODEL_PRICES", '{"dashscope": {"m": {"input": 1}}}', "needs `output`"),
+        ("MODEL_PRICES", '{"dashscope": {"m": {"input": -1, "output": 1}}}', "number >= 0"),
+        ("MODEL_PRICES", '{"dashscope": {"m": {"input": 1, "output": 1, "x": 2}}}', "unknown"),
+        ("MODEL_PRICES", '{"dashscope": {"m": 3}}', "object or null"),
+        (
+            "MODEL_PRICES",
+            '{"dashscope": {"m": {"tiers": [{"input": 1, "output": 1},'
+            ' {"input": 2, "output": 2}]}}}',
+            "needs `up_to`",
+        ),
+        (
+            "MODEL_PRICES",
+            '{"dashscope": {"m": {"tiers": [{"up_to": 9, "input": 1, "output": 1},'
+            ' {"up_to": 5, "input": 1, "output": 1}, {"input": 2, "output": 2}]}}}',
+            "must grow",
+        ),
+        ("MODEL_PRICES", "/no/such/prices.json", "neither JSON nor a readable file"),
+    ],
+)
+def test_bad_cache_and_price_settings_name_the_variable(variable: str, raw: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(environ={variable: raw}, dotenv_path=None)
+    assert caught.value.variable == variable
+    assert says in str(caught.value)
+
+
+def test_model_prices_are_normalised_to_tiers() -> None:
+    config = Config.from_env(
+        environ={"MODEL_PRICES": '{"dashscope": {"m": {"input": 1, "output": 2}, "n": null}}'},
+        dotenv_path=None,
+    )
+    assert config.model_prices == {
+        "dashscope": {
+            "m": {"currency": "USD", "tiers": [{"input": 1.0, "output": 2.0, "up_to": None}]},
+            "n": None,
+        }
+    }

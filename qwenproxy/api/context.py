@@ -134,9 +134,11 @@ def translated_door(
     """A front door that speaks another API: translate the body into a chat request, run
     the pipeline, and translate its answer (or its stream) back."""
     translated = to_chat(request_json(), services().config.anthropic_model_map)
+    ctx = request_context(requested_model=translated.model)
+    ctx.cache_markers = getattr(translated, "cache_markers", False)
     return run_pipeline(
         translated.chat,
-        request_context(requested_model=translated.model),
+        ctx,
         lambda frames: translate_frames(frames, stream_translator(translated)),
         lambda body: to_answer(body, translated),
         error_body,

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from qwenproxy.services.completions import RequestContext
+from qwenproxy.services.prices import PriceTable
+from qwenproxy.services.prompt_cache import explicit_cache
 from qwenproxy.services.usage import UsageRecord, tokens_per_second
 
 
@@ -34,7 +36,8 @@ def _bounded(text: str | None) -> str | None:
     return text[:MAX_LABEL].replace("\x00", "")
 
 
-def usage_record(ctx: RequestContext) -> UsageRecord:
+def usage_record(ctx: RequestContext, prices: PriceTable | None = None) -> UsageRecord:
+    """The ledger row of a finished request; with `prices`, its cost."""
     finished = ctx.finished_at or ctx.started
     rec = UsageRecord(
         started_at=ctx.started_at,
@@ -59,6 +62,20 @@ def usage_record(ctx: RequestContext) -> UsageRecord:
     else:
         generation = (ctx.upstream_latency_ms or 0) / 1000
     rec.tokens_per_s = tokens_per_second(rec.completion_tokens, generation)
+    if rec.backend == "local":  # answered by the proxy itself (commands): nothing billed
+        rec.cost = 0.0
+    elif prices is not None:
+        cost = prices.cost(
+            rec.backend,
+            rec.upstream_model,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.cache_write_tokens,
+            explicit_cache(ctx.usage),
+        )
+        if cost is not None:
+            rec.cost, rec.currency = cost.amount, cost.currency
     return rec
 
 
@@ -70,13 +87,15 @@ class Accounting:
         ledger: Ledger,
         metrics: MetricsSink,
         known_model: Callable[[str], bool] = lambda name: True,
+        prices: PriceTable | None = None,
     ) -> None:
         self.ledger = ledger
         self.metrics = metrics
         self._known_model = known_model
+        self._prices = prices
 
     def finished(self, ctx: RequestContext) -> None:
-        rec = usage_record(ctx)
+        rec = usage_record(ctx, self._prices)
         self.ledger.record(rec)
         named = rec.upstream_model or rec.requested_model  # a refusal has only the latter
         if named and not self._known_model(named):

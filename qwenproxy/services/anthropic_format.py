@@ -15,6 +15,12 @@ import orjson
 
 from qwenproxy.errors import InvalidRequestError, ProxyError
 from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
+from qwenproxy.services.prompt_cache import (
+    cache_counts,
+    count_markers,
+    keep_last_markers,
+    marker_of,
+)
 from qwenproxy.services.tool_arguments import parse_tool_input
 from qwenproxy.services.vendor_models import map_vendor_model
 
@@ -84,21 +90,26 @@ class AnthropicRequest:
     model: str
     stop_sequences: tuple[str, ...] = ()
     thinking: bool = False  # the client asked to see the model's reasoning
+    # `chat` carries the client's cache_control markers (taken off again for backends
+    # whose CACHE_MARKERS switch is off)
+    cache_markers: bool = False
 
 
 def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> AnthropicRequest:
     """Translate a Messages API body. `thinking` (enabled, or adaptive unless its display
     is "omitted") asks for the upstream's reasoning as thinking blocks; the setting itself
-    is not sent upstream. Dropped (no upstream can use them): `metadata`, `output_config`,
-    `context_management`, `container`, `mcp_servers`, `service_tier`, `cache_control`
-    marks, thinking blocks in the history and Anthropic's server tools."""
+    is not sent upstream. `cache_control` markers (on system, message and tool_result
+    blocks and tool definitions) become markers on the matching content parts and tools,
+    the last 4 kept (services/prompt_cache.py). Dropped (no upstream can use them):
+    `metadata`, `output_config`, `context_management`, `container`, `mcp_servers`,
+    `service_tier`, thinking blocks in the history and Anthropic's server tools."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequestError("`model` must be a string", param="model")
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequestError("`messages` must be a non-empty list", param="messages")
-    system = _system_texts(body.get("system"))
+    system = _system_parts(body.get("system"))
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(raw_messages):
         param = f"messages[{i}]"
@@ -115,9 +126,11 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
         else:  # some clients put a system turn inside `messages`
             text = _plain_text(content)
             if text:
-                system.append(text)
+                system.append({"type": "text", "text": text})
     if system:
-        messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
+        marked = any("cache_control" in part for part in system)
+        joined = "\n\n".join(part["text"] for part in system)
+        messages.insert(0, {"role": "system", "content": system if marked else joined})
     chat: dict[str, Any] = {"messages": messages}
     target = map_vendor_model(model, model_map)
     if target:
@@ -144,7 +157,16 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
-    return AnthropicRequest(chat, model or "", tuple(stop or ()), _wants_thinking(body))
+    dropped = keep_last_markers(chat)
+    if dropped:
+        log.debug("left out the %d earliest of more than 4 cache_control markers", dropped)
+    return AnthropicRequest(
+        chat,
+        model or "",
+        tuple(stop or ()),
+        _wants_thinking(body),
+        cache_markers=count_markers(chat) > 0,
+    )
 
 
 def _wants_thinking(body: dict[str, Any]) -> bool:
@@ -166,15 +188,30 @@ def _check_content(content: Any, param: str) -> None:
         )
 
 
-def _system_texts(system: Any) -> list[str]:
+def _system_parts(system: Any) -> list[dict[str, Any]]:
+    """The system prompt as text parts, one per block, each with its block's marker."""
     if system is None or system == "":
         return []
     if isinstance(system, str):
-        return [system]
+        return [{"type": "text", "text": system}]
     if isinstance(system, list) and all(isinstance(b, dict) for b in system):
-        text = "\n\n".join(b["text"] for b in system if isinstance(b.get("text"), str))
-        return [text] if text else []
+        parts = [
+            _with_marker({"type": "text", "text": b["text"]}, b)
+            for b in system
+            if isinstance(b.get("text"), str)
+        ]
+        if any(part["text"] or "cache_control" in part for part in parts):
+            return parts
+        return []
     raise InvalidRequestError("`system` must be a string or a list of text blocks", param="system")
+
+
+def _with_marker(part: dict[str, Any], block: Any) -> dict[str, Any]:
+    """`part` with the cache marker of the client's `block`, if it had one."""
+    marker = marker_of(block)
+    if marker is not None:
+        part["cache_control"] = marker
+    return part
 
 
 def _plain_text(content: Any) -> str:
@@ -212,8 +249,9 @@ def _document_part(block: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compact(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """One text part as a plain string (what every upstream takes); else the parts."""
-    if len(parts) == 1 and parts[0]["type"] == "text":
+    """One text part as a plain string (what every upstream takes); else the parts. A
+    part with a cache marker stays a part: the marker needs one to sit on."""
+    if len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]:
         return parts[0]["text"]
     return parts
 
@@ -228,17 +266,18 @@ def _user_messages(content: Any) -> list[dict[str, Any]]:
     for block in content:
         kind = block["type"]
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text") or "")})
+            text_part = {"type": "text", "text": str(block.get("text") or "")}
+            parts.append(_with_marker(text_part, block))
         elif kind == "image":
-            parts.append(_image_part(block))
+            parts.append(_with_marker(_image_part(block), block))
         elif kind == "document":
-            parts.append(_document_part(block))
+            parts.append(_with_marker(_document_part(block), block))
         elif kind == "tool_result":
             tool_messages.append(_tool_message(block, parts))
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
-            parts.append(_omitted(f"{kind} block"))
+            parts.append(_with_marker(_omitted(f"{kind} block"), block))
     if parts:
         tool_messages.append({"role": "user", "content": _compact(parts)})
     return tool_messages
@@ -246,16 +285,19 @@ def _user_messages(content: Any) -> list[dict[str, Any]]:
 
 def _tool_message(block: dict[str, Any], user_parts: list[dict[str, Any]]) -> dict[str, Any]:
     """A tool_result as a tool message; its images go to the user message that follows
-    (tool messages carry text only on most upstreams)."""
+    (tool messages carry text only on most upstreams). A marker on the block, or on any
+    of its content blocks, makes the content one marked text part."""
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise InvalidRequestError("a `tool_result` block needs a `tool_use_id`", param="messages")
     content = block.get("content")
     texts: list[str] = []
+    marker = marker_of(block)
     if isinstance(content, str):
         texts.append(content)
     elif isinstance(content, list):
         for item in content:
+            marker = marker or marker_of(item)
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "text":
@@ -268,6 +310,9 @@ def _tool_message(block: dict[str, Any], user_parts: list[dict[str, Any]]) -> di
     text = "\n".join(texts)
     if block.get("is_error"):
         text = f"[tool error] {text}"
+    if marker is not None:
+        marked = [{"type": "text", "text": text, "cache_control": marker}]
+        return {"role": "tool", "tool_call_id": call_id, "content": marked}
     return {"role": "tool", "tool_call_id": call_id, "content": text}
 
 
@@ -276,8 +321,11 @@ def _assistant_message(content: Any) -> dict[str, Any]:
         return {"role": "assistant", "content": content}
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    marker = None
     for block in content:
         kind = block["type"]
+        if kind in ("text", "tool_use"):
+            marker = marker or marker_of(block)
         if kind == "text":
             texts.append(str(block.get("text") or ""))
         elif kind == "tool_use":
@@ -296,6 +344,11 @@ def _assistant_message(content: Any) -> dict[str, Any]:
             )
         # thinking blocks and server tool blocks have no chat-completions form
     message: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts)}
+    if marker is not None and message["content"]:
+        # A marker needs a text part to sit on: an answer that is only tool calls has none,
+        # so its marker is left out.
+        text = message["content"]
+        message["content"] = [{"type": "text", "text": text, "cache_control": marker}]
     if calls:
         message["tool_calls"] = calls
         if not message["content"]:
@@ -330,7 +383,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         function["parameters"] = (
             schema if isinstance(schema, dict) else {"type": "object", "properties": {}}
         )
-        result.append({"type": "function", "function": function})
+        result.append(_with_marker({"type": "function", "function": function}, tool))
     return result
 
 
@@ -382,16 +435,21 @@ def new_tool_use_id() -> str:
 
 
 def usage_of(usage: Any) -> dict[str, int]:
-    """Anthropic usage from OpenAI usage. Anthropic's `input_tokens` leaves out the tokens
-    read from the prompt cache, which it reports apart."""
+    """Anthropic usage from OpenAI usage. OpenAI's `prompt_tokens` counts every prompt
+    token; Anthropic's `input_tokens` only those neither read from the prompt cache nor
+    written to it, which it reports apart (`cache_read_input_tokens`,
+    `cache_creation_input_tokens`): the three add up to the prompt."""
     usage = usage if isinstance(usage, dict) else {}
     prompt = _int(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    result = {"input_tokens": prompt, "output_tokens": _int(usage.get("completion_tokens"))}
-    if isinstance(cached, int) and not isinstance(cached, bool):
-        result["input_tokens"] = max(0, prompt - cached)
+    cached, written = cache_counts(usage)
+    result = {
+        "input_tokens": max(0, prompt - (cached or 0) - (written or 0)),
+        "output_tokens": _int(usage.get("completion_tokens")),
+    }
+    if cached is not None:
         result["cache_read_input_tokens"] = cached
+    if written is not None:
+        result["cache_creation_input_tokens"] = written
     return result
 
 

@@ -217,6 +217,7 @@ class Backend(Protocol):
     """What every upstream offers the pipeline."""
 
     name: str
+    cache_markers: bool  # takes cache_control markers on content parts (prompt_cache.py)
 
     def models(self) -> list[str]: ...
 
@@ -251,10 +252,12 @@ class OpenAICompatibleBackend:
         catalog: ModelCatalog,
         timeout: tuple[float, float],
         clock: Callable[[], float] = time.monotonic,
+        cache_markers: bool = False,
     ) -> None:
         if not accounts:
             raise ValueError(f"backend {name} needs at least one account")
         self.name = name
+        self.cache_markers = cache_markers
         self._http = http
         self.accounts = list(accounts)
         self.catalog = catalog

@@ -19,6 +19,7 @@ from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, Pr
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
+from qwenproxy.services.prompt_cache import has_markers, without_markers
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
@@ -46,6 +47,8 @@ def _text_of(content: Any) -> str:
 def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Qwen takes one system message, first, as a string: fold every system/developer
     message into one leading system message. Returns `messages` itself when it already fits.
+    System text that carries cache_control markers stays text parts, markers on them (Model
+    Studio's context cache takes a system message of parts; services/prompt_cache.py).
     """
     if not messages:
         return messages
@@ -53,12 +56,35 @@ def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     extra = any(m.get("role") in SYSTEM_ROLES for m in messages[1:])
     if not extra and (
         first.get("role") != "developer"
-        and (first.get("role") != "system" or isinstance(first.get("content"), str))
+        and (
+            first.get("role") != "system"
+            or isinstance(first.get("content"), str)
+            or has_markers(first.get("content"))
+        )
     ):
         return messages
-    texts = [_text_of(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
-    merged = {"role": "system", "content": "\n\n".join(t for t in texts if t)}
+    systems = [m for m in messages if m.get("role") in SYSTEM_ROLES]
+    merged: dict[str, Any] = {"role": "system"}
+    if any(has_markers(m.get("content")) for m in systems):
+        merged["content"] = [part for m in systems for part in _system_parts(m.get("content"))]
+    else:
+        texts = [_text_of(m.get("content")) for m in systems]
+        merged["content"] = "\n\n".join(t for t in texts if t)
     return [merged, *(m for m in messages if m.get("role") not in SYSTEM_ROLES)]
+
+
+def _system_parts(content: Any) -> list[dict[str, Any]]:
+    """A system message's text as text parts, keeping the markers of marked ones."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    parts = []
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+            text = {"type": "text", "text": str(part.get("text") or "")}
+            if "cache_control" in part:
+                text["cache_control"] = part["cache_control"]
+            parts.append(text)
+    return parts
 
 
 @dataclass
@@ -85,6 +111,9 @@ class RequestContext:
     command_only: bool = False
     redactions: int = 0
     max_tokens_lowered: int | None = None  # what the context guard lowered max_tokens to
+    # The body carries cache_control markers a front door put there (from its client's);
+    # they go only to backends whose `cache_markers` switch is on.
+    cache_markers: bool = False
     # Whether the client has closed its connection (None: cannot tell, e.g. in tests).
     client_gone: Callable[[], bool] | None = None
     # Called too while an upstream is awaited, after the client check: the non-stream
@@ -283,9 +312,14 @@ class CompletionService:
     ) -> tuple[Any, Target]:
         last_error: ProxyError | None = None
         size = self.context_guard.measure(upstream) if self.context_guard else None
+        unmarked: dict[str, Any] | None = None
         for target, account in plan.attempts():
             facts = self._facts(target)
-            body = {**upstream, "model": target.upstream_model}
+            if ctx.cache_markers and not getattr(target.backend, "cache_markers", False):
+                unmarked = unmarked or without_markers(upstream)
+                body = {**unmarked, "model": target.upstream_model}
+            else:
+                body = {**upstream, "model": target.upstream_model}
             ctx.backend, ctx.upstream_model = target.backend.name, body["model"]
             if size is not None and self.context_guard is not None:
                 try:

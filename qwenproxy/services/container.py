@@ -39,6 +39,8 @@ from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.model_lists import ModelListRefresher, model_list_sources
 from qwenproxy.services.models import ModelCatalog
+from qwenproxy.services.prices import PriceTable
+from qwenproxy.services.prompt_cache import markers_enabled
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.qwen_tokens import PromptCounter
 from qwenproxy.services.router import Router, RouteStore
@@ -165,6 +167,7 @@ def build_services(
             oauth_accounts,
             oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
             timeout,
+            cache_markers=markers_enabled("qwen-oauth", config.cache_markers),
         )
     }
     specs = key_backend_specs(config)
@@ -173,7 +176,12 @@ def build_services(
             StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
         ] or [StaticKeyCredentials(spec.base_url, None, spec.headers)]
         backends[spec.name] = OpenAICompatibleBackend(
-            spec.name, http, accounts, spec.catalog, timeout
+            spec.name,
+            http,
+            accounts,
+            spec.catalog,
+            timeout,
+            cache_markers=markers_enabled(spec.name, config.cache_markers),
         )
     db = Database(config.database_url or default_database_url(config.data_dir))
     routes = RouteStore(db, config.failover_routes, clock)
@@ -218,7 +226,9 @@ def build_services(
     if not config.disable_accounting:
         upkeep = LedgerUpkeep(db, config.ledger_retention, clock)
         upkeep.start()
-    accounting = Accounting(ledger, metrics, known_model=router.is_model_name)
+    accounting = Accounting(
+        ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
+    )
     completions = CompletionService(
         router,
         sessions,

@@ -21,6 +21,7 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.services import usage_aggregates as agg
+from qwenproxy.services.prompt_cache import cache_counts
 from qwenproxy.services.store import Database, database_errors, describe_db_error, metadata
 from qwenproxy.services.usage_stats import GROUP_BY, bucket_width, utc_day
 
@@ -57,7 +58,10 @@ class UsageRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
-    cached_tokens: int | None = None
+    cached_tokens: int | None = None  # read from the prompt cache (part of prompt_tokens)
+    cache_write_tokens: int | None = None  # written to the prompt cache (part of prompt_tokens)
+    cost: float | None = None  # in `currency`; None when a price or the counts are unknown
+    currency: str | None = None
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     upstream_latency_ms: float | None = None
@@ -74,11 +78,11 @@ class UsageRecord:
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, name, value)
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, Mapping):
-            cached = details.get("cached_tokens")
-            if isinstance(cached, int) and not isinstance(cached, bool):
-                self.cached_tokens = cached
+        cached, written = cache_counts(usage)
+        if cached is not None:
+            self.cached_tokens = cached
+        if written is not None:
+            self.cache_write_tokens = written
 
     def as_row(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RECORD_FIELDS}
@@ -115,6 +119,9 @@ usage_table = sa.Table(
     sa.Column("completion_tokens", sa.Integer),
     sa.Column("total_tokens", sa.Integer),
     sa.Column("cached_tokens", sa.Integer),
+    sa.Column("cache_write_tokens", sa.Integer),
+    sa.Column("cost", sa.Float),
+    sa.Column("currency", sa.String(8)),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("ttft_ms", sa.Float),
     sa.Column("upstream_latency_ms", sa.Float),

@@ -114,7 +114,7 @@ def test_system_prompt_reaches_upstream_as_one_system_message(sdk, fake):
     ask(
         sdk,
         system=[
-            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "You are terse."},
             {"type": "text", "text": "Answer in English."},
         ],
         messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
@@ -215,7 +215,6 @@ def follow_up(question: str, tool_use, result: str) -> list[dict]:
                     "type": "tool_result",
                     "tool_use_id": tool_use.id,
                     "content": result,
-                    "cache_control": {"type": "ephemeral"},
                 }
             ],
         },
@@ -324,9 +323,8 @@ def test_tool_result_errors_are_noted_for_the_model(sdk, fake):
     assert "error" in tool["content"].lower()
 
 
-def test_claude_code_shaped_request_is_accepted(make_config, fake):
-    client = create_app(make_config()).test_client()
-    body = {
+def claude_code_body() -> dict:
+    return {
         "model": MODEL,
         "max_tokens": 32000,
         "stream": False,
@@ -346,7 +344,10 @@ def test_claude_code_shaped_request_is_accepted(make_config, fake):
         "output_config": {"effort": "high"},
         "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
     }
-    response = client.post(
+
+
+def post_claude_code(client, body: dict):
+    return client.post(
         "/v1/messages?beta=true",
         json=body,
         headers={
@@ -355,15 +356,40 @@ def test_claude_code_shaped_request_is_accepted(make_config, fake):
             "anthropic-version": "2023-06-01",
         },
     )
+
+
+def test_claude_code_shaped_request_is_accepted_and_its_markers_forwarded(make_config, fake):
+    client = create_app(make_config()).test_client()
+    response = post_claude_code(client, claude_code_body())
     assert response.status_code == 200, response.json
     sent = fake.chat_requests[-1]["body"]
-    assert sent["messages"][0] == {
+    marker = {"type": "ephemeral"}
+    assert sent["messages"][0] == {  # qwen-oauth takes markers (as qwen-code sends them)
         "role": "system",
-        "content": "You are Claude Code.\n\nExtra system note.",
+        "content": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": marker},
+            {"type": "text", "text": "Extra system note."},
+        ],
+    }
+    assert sent["messages"][1] == {
+        "role": "user",
+        "content": [{"type": "text", "text": "hi", "cache_control": marker}],
     }
     assert sent["tools"][0]["function"]["name"] == "get_weather"
     for dropped in ("metadata", "thinking", "output_config", "context_management"):
         assert dropped not in sent
+
+
+def test_a_backend_switched_off_gets_the_request_without_markers(make_config, fake):
+    client = create_app(make_config(cache_markers={"qwen-oauth": False})).test_client()
+    response = post_claude_code(client, claude_code_body())
+    assert response.status_code == 200, response.json
+    sent = fake.chat_requests[-1]["body"]
+    assert sent["messages"][:2] == [
+        {"role": "system", "content": "You are Claude Code.\n\nExtra system note."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert "cache_control" not in json.dumps(sent)
 
 
 # --- models, commands -------------------------------------------------------------------
@@ -707,3 +733,29 @@ def test_an_answer_of_blank_text_only_still_arrives(sdk, fake):
     events = [chunk({"role": "assistant", "content": "\n"}), chunk({}, finish="stop")]
     _, message = stream_with_thinking(sdk, fake, events)
     assert [(block.type, block.text) for block in message.content] == [("text", "\n")]
+
+
+def test_failover_sends_markers_only_to_the_attempts_whose_backend_takes_them(
+    make_config, fake, fake_b
+):
+    config = make_config(
+        dashscope_api_keys=("sk-dash-1",),
+        dashscope_base_url=fake_b.api_base,
+        failover_routes={
+            "main": {
+                "policy": "m",
+                "elements": ["dashscope:qwen3-coder-plus", "qwen-oauth:qwen3-coder-plus"],
+            }
+        },
+        cache_markers={"qwen-oauth": False},
+    )
+    fake_b.script.append(reply_error(503, "busy"))
+    client = create_app(config).test_client()
+    body = {**claude_code_body(), "model": "main"}
+    response = post_claude_code(client, body)
+    assert response.status_code == 200, response.json
+    first = fake_b.chat_requests[-1]["body"]  # dashscope: markers on
+    assert first["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    second = fake.chat_requests[-1]["body"]  # qwen-oauth, switched off here: none
+    assert "cache_control" not in json.dumps(second)
+    assert second["messages"][0]["content"] == "You are Claude Code.\n\nExtra system note."

@@ -117,6 +117,66 @@ def test_several_system_messages_are_merged_into_one_leading_string(client, fake
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
 
 
+MARKER = {"type": "ephemeral"}
+
+
+def marked_chat_body(stream: bool = False) -> dict:
+    return {
+        "model": "qwen3-coder-plus",
+        "stream": stream,
+        "messages": [
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": "Be brief.", "cache_control": MARKER}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "the repo", "cache_control": MARKER},
+                    {"type": "text", "text": "question"},
+                ],
+            },
+        ],
+        "tools": [
+            {"type": "function", "function": {"name": "Read"}, "cache_control": MARKER},
+        ],
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("switch", [True, False], ids=["markers-on", "markers-off"])
+def test_a_clients_own_markers_pass_untouched(make_config, fake, stream, switch):
+    # The CACHE_MARKERS switch governs the Anthropic door's markers only: what a
+    # chat-completions client put in its request is forwarded as it is.
+    client = create_app(make_config(cache_markers={"qwen-oauth": switch})).test_client()
+    body = marked_chat_body(stream)
+    response = post(client, body)
+    assert response.status_code == 200
+    sent = fake.chat_requests[-1]["body"]
+    assert sent["messages"] == body["messages"]
+    assert sent["tools"] == body["tools"]
+
+
+def test_marked_system_messages_merge_into_one_of_parts_with_their_markers(client, fake):
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "A", "cache_control": MARKER}]},
+        {"role": "user", "content": "hi"},
+        {"role": "developer", "content": "B"},
+    ]
+    post(client, {"model": "qwen3-coder-plus", "messages": messages})
+    sent = fake.chat_requests[-1]["body"]["messages"]
+    assert sent == [
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "A", "cache_control": MARKER},
+                {"type": "text", "text": "B"},
+            ],
+        },
+        {"role": "user", "content": "hi"},
+    ]
+
+
 def test_stream_passes_each_event_through_and_ends_with_done(client, fake):
     response = post(client, {"model": "qwen3-coder-plus", "messages": USER, "stream": True})
     assert response.status_code == 200

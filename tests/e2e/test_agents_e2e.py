@@ -80,7 +80,10 @@ def test_claude_model_maps_to_the_configured_backend_and_streams(proxy, sdks, fa
     assert fake.chat_requests == []
     sent = fake_b.chat_requests[-1]["body"]
     assert sent["model"] == "qwen3-coder-plus"
-    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["messages"][0] == {  # dashscope takes cache markers: the block's is kept
+        "role": "system",
+        "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+    }
 
 
 def test_claude_code_streamed_tool_use_round_trip(proxy, sdks, fake_b):

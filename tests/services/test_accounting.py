@@ -21,3 +21,44 @@ def test_stream_tokens_per_second_counts_from_the_first_token():
     rec = usage_record(ctx)
     assert rec.tokens_per_s == 20.0 and rec.latency_ms == 2500.0
     assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (5, 40, 45)
+
+
+def test_a_row_gets_its_cache_counts_and_cost():
+    from qwenproxy.config import Config
+    from qwenproxy.services.prices import PriceTable
+
+    prices = PriceTable.for_config(Config())
+    ctx = RequestContext("local", "local")
+    ctx.backend, ctx.upstream_model = "dashscope", "qwen3-coder-plus"
+    ctx.usage = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 200,
+        "prompt_tokens_details": {
+            "cached_tokens": 2000,
+            "cache_creation_input_tokens": 500,
+            "cache_type": "ephemeral",
+        },
+    }
+    rec = usage_record(ctx, prices)
+    assert (rec.cached_tokens, rec.cache_write_tokens) == (2000, 500)
+    # $1 / $5 tier: 500 x 1 + 2,000 x 0.1 + 500 x 1.25 + 200 x 5
+    #             = 500 + 200 + 625 + 1,000 = 2,325 -> $0.002325
+    assert (rec.cost, rec.currency) == (0.002325, "USD")
+
+
+def test_an_unpriced_or_failed_request_has_no_cost_and_a_local_answer_costs_nothing():
+    from qwenproxy.config import Config
+    from qwenproxy.services.prices import PriceTable
+
+    prices = PriceTable.for_config(Config())
+    unpriced = RequestContext("local", "local")
+    unpriced.backend, unpriced.upstream_model = "openrouter", "qwen/qwen3-coder-plus"
+    unpriced.usage = {"prompt_tokens": 10, "completion_tokens": 1}
+    assert usage_record(unpriced, prices).cost is None
+    failed = RequestContext("local", "local")
+    failed.backend, failed.upstream_model, failed.status = "dashscope", "qwen3-coder-plus", 502
+    assert usage_record(failed, prices).cost is None  # no usage: tokens unknown
+    local = RequestContext("local", "local", command_only=True)
+    local.backend, local.upstream_model = "local", "qwenproxy"
+    local.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    assert usage_record(local, prices).cost == 0.0

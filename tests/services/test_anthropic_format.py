@@ -85,7 +85,7 @@ def test_system_blocks_and_system_turns_become_one_leading_system_message():
     request = translate(
         {
             "system": [
-                {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "You are terse."},
                 {"type": "text", "text": "Answer in English."},
             ],
             "messages": [
@@ -100,9 +100,10 @@ def test_system_blocks_and_system_turns_become_one_leading_system_message():
         "content": "You are terse.\n\nAnswer in English.\n\nNever apologise.",
     }
     assert messages[1:] == [{"role": "user", "content": "hi"}]
+    assert request.cache_markers is False
 
 
-def test_content_blocks_become_parts_and_cache_control_is_dropped():
+def test_content_blocks_become_parts_and_unknown_cache_control_types_are_dropped():
     request = translate(
         {
             "messages": [
@@ -155,7 +156,6 @@ def test_tool_use_and_tool_result_become_tool_calls_and_tool_messages():
                             "type": "tool_result",
                             "tool_use_id": "toolu_1",
                             "content": [{"type": "text", "text": "sunny"}],
-                            "cache_control": {"type": "ephemeral"},
                         },
                         {
                             "type": "tool_result",
@@ -252,7 +252,6 @@ def test_tools_and_tool_choice_are_translated_and_server_tools_left_out():
                     "name": "Read",
                     "description": "Read a file",
                     "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
-                    "cache_control": {"type": "ephemeral"},
                 },
                 {"name": "mcp__x__y", "input_schema": {"type": "object"}, "defer_loading": True},
                 {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
@@ -426,6 +425,59 @@ def test_cached_prompt_tokens_are_reported_as_cache_reads():
     }
 
 
+def test_cache_writes_are_reported_apart_and_left_out_of_input_tokens():
+    # Model Studio's explicit-cache usage (its context-cache page): the 18,613 tokens
+    # written to the cache are part of prompt_tokens; Anthropic counts them apart.
+    usage = {
+        "prompt_tokens": 18628,
+        "completion_tokens": 344,
+        "total_tokens": 18972,
+        "prompt_tokens_details": {
+            "text_tokens": 18628,
+            "cache_creation_input_tokens": 18613,
+            "cache_creation": {"ephemeral_5m_input_tokens": 18613},
+            "cache_type": "ephemeral",
+            "cached_tokens": 0,
+        },
+    }
+    message = to_message(completion("x", usage=usage), AnthropicRequest({}, "m"))
+    assert message["usage"] == {
+        "input_tokens": 15,
+        "output_tokens": 344,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 18613,
+    }
+
+
+def test_a_cache_write_count_beside_prompt_tokens_is_read_too():
+    usage = {"prompt_tokens": 50, "completion_tokens": 1, "cache_creation_input_tokens": 40}
+    message = to_message(completion("x", usage=usage), AnthropicRequest({}, "m"))
+    assert message["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_creation_input_tokens": 40,
+    }
+
+
+def test_a_stream_reports_cache_reads_and_writes_in_message_delta():
+    usage_chunk = {
+        **USAGE_CHUNK,
+        "usage": {
+            "prompt_tokens": 3000,
+            "completion_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_input_tokens": 900},
+        },
+    }
+    evs = run_stream([chunk({"content": "hi"}), chunk({}, finish="stop"), usage_chunk])
+    delta = next(payload for name, payload in evs if name == "message_delta")
+    assert delta["usage"] == {
+        "input_tokens": 52,
+        "output_tokens": 9,
+        "cache_read_input_tokens": 2048,
+        "cache_creation_input_tokens": 900,
+    }
+
+
 def test_errors_take_anthropics_shape_and_type():
     assert error_body_for(InvalidRequestError("bad")) == {
         "type": "error",
@@ -557,3 +609,150 @@ def test_count_tokens_is_a_character_estimate():
     }
     assert estimate_input_tokens(body) == 200 + 1600
     assert estimate_input_tokens({"messages": [{"role": "user", "content": "hi"}]}) == 1
+
+
+# --- cache_control markers --------------------------------------------------------------
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def claude_code_body() -> dict:
+    """Shaped like Claude Code's requests: marked system blocks, a marked tool definition
+    and a marked last user turn ending in a tool result."""
+    return {
+        "system": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": EPHEMERAL},
+            {"type": "text", "text": "<env>cwd=/repo</env>", "cache_control": EPHEMERAL},
+        ],
+        "tools": [
+            {"name": "Read", "input_schema": {"type": "object"}},
+            {"name": "Edit", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL},
+        ],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read a.py"}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": "print(1)",
+                        "cache_control": EPHEMERAL,
+                    },
+                ],
+            },
+        ],
+    }
+
+
+def test_markers_sit_on_the_matching_parts_and_tools():
+    request = translate(claude_code_body())
+    messages = request.chat["messages"]
+    assert messages[0] == {
+        "role": "system",
+        "content": [
+            {"type": "text", "text": "You are Claude Code.", "cache_control": EPHEMERAL},
+            {"type": "text", "text": "<env>cwd=/repo</env>", "cache_control": EPHEMERAL},
+        ],
+    }
+    assert messages[-1] == {
+        "role": "tool",
+        "tool_call_id": "toolu_1",
+        "content": [{"type": "text", "text": "print(1)", "cache_control": EPHEMERAL}],
+    }
+    assert messages[1] == {"role": "user", "content": "read a.py"}  # unmarked: a string
+    assert "cache_control" not in request.chat["tools"][0]
+    assert request.chat["tools"][1]["cache_control"] == EPHEMERAL
+    assert request.cache_markers is True
+
+
+def test_marked_user_text_stays_a_part_and_a_ttl_is_not_forwarded():
+    request = translate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "text",
+                            "text": "the whole repo",
+                            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    assert request.chat["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "the whole repo", "cache_control": EPHEMERAL}],
+        }
+    ]
+
+
+def test_a_marker_inside_a_tool_results_content_marks_the_tool_message():
+    request = translate(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {"type": "text", "text": "a"},
+                                {"type": "text", "text": "b", "cache_control": EPHEMERAL},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    assert request.chat["messages"] == [
+        {
+            "role": "tool",
+            "tool_call_id": "t1",
+            "content": [{"type": "text", "text": "a\nb", "cache_control": EPHEMERAL}],
+        }
+    ]
+
+
+def test_a_marked_assistant_text_becomes_a_marked_part():
+    request = translate(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "hello", "cache_control": EPHEMERAL}],
+                },
+                {"role": "user", "content": "again"},
+            ]
+        }
+    )
+    assert request.chat["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "hello", "cache_control": EPHEMERAL}],
+    }
+
+
+def test_more_than_four_markers_keep_the_last_four():
+    body = claude_code_body()  # 4 markers: 2 system blocks, 1 tool, 1 tool result
+    body["messages"][0]["content"][0]["cache_control"] = EPHEMERAL  # a 5th, on a message
+    body["tools"][0]["cache_control"] = EPHEMERAL  # a 6th, the earliest of all
+    request = translate(body)
+    chat = request.chat
+    # Anthropic's prompt order: tools, then system, then messages; the two earliest go.
+    assert [("cache_control" in tool) for tool in chat["tools"]] == [False, False]
+    assert all("cache_control" in part for part in chat["messages"][0]["content"])
+    assert chat["messages"][1]["content"] == [
+        {"type": "text", "text": "read a.py", "cache_control": EPHEMERAL}
+    ]
+    assert "cache_control" in chat["messages"][-1]["content"][0]
