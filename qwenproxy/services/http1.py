@@ -1,6 +1,7 @@
 """The HTTP/1.1 wire format of the upstream transport (services/transport.py): request
-heads, answer heads, and answer bodies (length, chunked or close-delimited; gzip) read
-straight off a socket by `LeanBody`, which can wait for data and come back empty-handed."""
+heads, answer heads, and answer bodies (length, chunked or close-delimited; gzip or
+deflate) read straight off a socket by `LeanBody`, which can wait for data and come back
+empty-handed, and which caps what an answer may make the proxy hold."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from requests.exceptions import (
     ContentDecodingError,
     InvalidHeader,
     ReadTimeout,
+    RequestException,
 )
 from requests.structures import CaseInsensitiveDict
 
@@ -24,9 +26,39 @@ RECV_SIZE = 64 * 1024
 MAX_HEAD = 64 * 1024  # status line + headers
 MAX_CHUNK_LINE = 4096
 WAIT_CHECK_SECONDS = 1.0  # how often a long wait for an answer asks `while_waiting`
+# What one answer may make the proxy hold, decoded: a whole answer that is not an event
+# stream (a chat completion, a model list), and one line of an event stream (one SSE
+# `data:` line is one chunk of a streamed answer; a stream as a whole may run for hours).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+MAX_EVENT_LINE_BYTES = 1024 * 1024
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 BAD_HEADER_CHARS = re.compile(r"[\r\n\x00]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+class AnswerTooLarge(RequestException):
+    """The answer went over MAX_ANSWER_BYTES, or one line of an event stream over
+    MAX_EVENT_LINE_BYTES; its connection is closed, never pooled."""
+
+
+def transfer_chunked(value: str) -> bool:
+    """Whether a Transfer-Encoding header (a comma list, RFC 9112 section 6.1) frames the
+    body in chunks. Only `chunked` is decoded: the proxy sends no `TE`, so any other
+    transfer coding is an answer it cannot read (ValueError), and `chunked` must be the
+    final coding. An empty header is no transfer coding."""
+    codings = [c.strip().lower() for c in value.split(",") if c.strip()]
+    if not codings:
+        return False
+    if any(c != "chunked" for c in codings) or len(codings) > 1:
+        raise ValueError(f"an unsupported Transfer-Encoding {value.strip()[:60]!r}")
+    return True
+
+
+def _zlib_wrapped(head: bytes) -> bool:
+    """Whether a `deflate` body starts with a zlib header (RFC 1950: method 8, window
+    at most 32 KiB, the 16-bit header a multiple of 31) rather than raw deflate data
+    (RFC 1951), which some servers send for `Content-Encoding: deflate`."""
+    return head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
 
 
 class LeanBody:
@@ -55,20 +87,28 @@ class LeanBody:
         self._silence = 0.0  # seconds waited in a row without data (keep-alive waits)
         self._pending = b""
         self._decoder: Any = None
+        self._deflate_head = b""  # the first bytes of a `deflate` body, until 2 are here
         self._fail_decoding = ""
         self._chunk_left = 0  # >0 data bytes left; 0 size line next; -1 CRLF; -2 trailers
         self._done = False
         self._keep = keep_alive
         self._length: int | None = None
+        # Caps: the body's decoded bytes still allowed, or for an event stream the bytes
+        # of the line under way (since its last line end).
+        self._event_stream = "text/event-stream" in headers.get("content-type", "").lower()
+        self._allowed = MAX_ANSWER_BYTES
+        self._line = 0
         encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self._decoder = zlib.decompressobj(47)  # zlib or gzip, by the header it finds
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(47)  # gzip (or zlib), by the header it finds
+        elif encoding == "deflate":
+            self._decoder = "deflate"  # zlib-wrapped or raw: told by its first two bytes
         elif encoding not in ("", "identity"):
             self._keep = False
             self._fail_decoding = encoding
         if method == "HEAD" or status in (204, 304):
             self._mode = "none"
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
+        elif transfer_chunked(headers.get("transfer-encoding", "")):
             self._mode = "chunked"
             if "content-length" in headers:  # both: chunked wins, the socket is not reused
                 self._keep = False
@@ -80,6 +120,7 @@ class LeanBody:
             self._keep = False
         if self._mode == "none" or self._length == 0:
             self._finish()
+            self._settle()
 
     # --- what requests and the backends call -----------------------------------------------
 
@@ -92,6 +133,10 @@ class LeanBody:
         while True:
             if self._buf or self._done:
                 out = self._decode(self._take())
+                if out:
+                    self._check_size(out)
+                if self._done:
+                    self._settle()
                 if out or self._done:
                     return out
             data = self._recv(wait)
@@ -243,12 +288,49 @@ class LeanBody:
             self._finish()
         return b"".join(parts)
 
+    def _check_size(self, out: bytes) -> None:
+        if self._event_stream:
+            self._check_lines(out)
+            return
+        self._allowed -= len(out)
+        if self._allowed < 0:
+            self.close()
+            raise AnswerTooLarge(f"the upstream's answer is over {MAX_ANSWER_BYTES} bytes")
+
+    def _check_lines(self, out: bytes) -> None:
+        """Count the line under way across pieces. A line wholly inside a piece can only
+        be over the cap when the piece itself is (a decompressed one, say): only then is
+        every line of the piece measured."""
+        text = out.replace(b"\r", b"\n") if b"\r" in out else out  # CR, LF or CRLF ends
+        last = text.rfind(b"\n")
+        if last < 0:
+            longest = self._line = self._line + len(text)
+        else:
+            longest = self._line + text.find(b"\n")
+            if len(text) > MAX_EVENT_LINE_BYTES:
+                longest = max(longest, *map(len, text[:last].split(b"\n")))
+            self._line = len(text) - last - 1
+            longest = max(longest, self._line)
+        if longest > MAX_EVENT_LINE_BYTES:
+            self.close()
+            raise AnswerTooLarge(
+                f"the upstream sent an event-stream line over {MAX_EVENT_LINE_BYTES} bytes"
+            )
+
     def _decode(self, data: bytes) -> bytes:
         if self._fail_decoding:
             self.close()
             raise ContentDecodingError(f"unsupported Content-Encoding {self._fail_decoding!r}")
         if self._decoder is None:
             return data
+        if self._decoder == "deflate":
+            data = self._deflate_head + data
+            if len(data) < 2 and not self._done:
+                self._deflate_head = data
+                return b""
+            self._deflate_head = b""
+            wrapped = len(data) >= 2 and _zlib_wrapped(data)
+            self._decoder = zlib.decompressobj(15 if wrapped else -15)
         try:
             out = self._decoder.decompress(data)
             if self._done:
@@ -260,7 +342,11 @@ class LeanBody:
         return out
 
     def _finish(self) -> None:
+        """The body's framing ended; the connection is settled after the last bytes were
+        decoded and counted (`_settle`): an answer over a cap is never pooled."""
         self._done = True
+
+    def _settle(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return

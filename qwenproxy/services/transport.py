@@ -51,9 +51,10 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its se
 # Idle keep-alive sockets older than this are closed rather than reused: below the 60 s
 # idle timeout of common load balancers, so a reuse seldom races the server's own close.
 MAX_IDLE_SECONDS = 50.0
-# A reused connection that ends this soon after the request, with no answer byte, was
-# closed by the server as the request crossed it; the request is sent again, once.
+# A reused connection that ends this soon after an idempotent request, with no answer
+# byte, was closed by the server as the request crossed it; the request goes again, once.
 CROSSED_CLOSE_SECONDS = 1.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 section 9.2.2
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -78,6 +79,11 @@ def _target(url: str) -> tuple[str, str, int, str, str]:
     if BAD_HEADER_CHARS.search(path) or " " in path:
         raise InvalidURL(f"bad characters in {url!r}")
     return scheme, host, port, host_header, path
+
+
+class ClosedWithoutAnswer(ConnectionError):
+    """The upstream closed the connection after the request was written, before any byte
+    of an answer. A POST is not sent again: the upstream may have acted on it."""
 
 
 class _Connection:
@@ -171,13 +177,16 @@ class LeanAdapter(BaseAdapter):
             if conn is None:
                 conn = self._connect(key, connect_timeout)
             sent_at = time.monotonic()
+            written = False  # whether any byte of this request may have reached the server
             try:
                 conn.sock.settimeout(read_timeout)
-                if body and len(body) > 65536:
-                    conn.sock.sendall(head)
+                first = head + body if body and len(body) <= 65536 else head
+                sent = conn.sock.send(first)
+                written = True
+                if sent < len(first):
+                    conn.sock.sendall(first[sent:])
+                if first is head and body:
                     conn.sock.sendall(body)
-                else:
-                    conn.sock.sendall(head + body if body else head)
                 status, reason, headers, rest, keep = read_head(
                     conn.sock, read_timeout, while_waiting
                 )
@@ -188,15 +197,17 @@ class LeanAdapter(BaseAdapter):
             except TimeoutError:
                 conn.close()
                 raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
-            except (Unanswered, BrokenPipeError) as exc:
+            except (Unanswered, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
-                if reused and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS:
-                    # The server closed this idle keep-alive connection as our request
-                    # crossed it: no byte came back at once. Sent again, once, on a new
-                    # connection. A close that comes later may follow real work upstream
-                    # (a crash mid-answer): that is an error, never a second request.
+                unanswered = not written or isinstance(exc, Unanswered)
+                if reused and unanswered and self._may_send_again(method, written, sent_at):
                     retried = True
                     continue
+                if written and isinstance(exc, Unanswered):
+                    raise ClosedWithoutAnswer(
+                        "the upstream closed the connection without answering"
+                        + ("" if method in IDEMPOTENT else "; the request was not sent again")
+                    ) from None
                 raise ConnectionError(f"{host} closed the connection: {reason_of(exc)}") from None
             except OSError as exc:
                 conn.close()
@@ -222,6 +233,19 @@ class LeanAdapter(BaseAdapter):
 
     def close(self) -> None:
         _close_idle(self._idle)
+
+    @staticmethod
+    def _may_send_again(method: str, written: bool, sent_at: float) -> bool:
+        """Whether a request that failed on a pooled connection goes again on a new one.
+        When nothing of it could be written, the server had closed the connection first:
+        any request goes again. Once bytes were written the server may have acted on them
+        (a completion billed), so only an idempotent request goes again, and only when the
+        close came at once — the server closed this idle connection as the request crossed
+        it. A later close may follow real work upstream: that is an error (as Go's
+        net/http does: non-idempotent requests are never replayed once written)."""
+        if not written:
+            return True
+        return method in IDEMPOTENT and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS
 
     # --- the pool -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import gzip
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -197,14 +198,14 @@ def test_a_request_crossing_the_servers_idle_close_is_sent_again(serve, http):
             sock.sendall(json_answer(b'{"n": 1}'))
 
     server = serve(second_request_unanswered)
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}  # idempotent: again
     assert server.connections == 2
 
 
 def fill_pool(http: requests.Session, url: str, count: int) -> None:
     """Leave `count` idle keep-alive connections in the pool."""
-    held = [http.post(url, data=b"{}", timeout=(5, 5), stream=True) for _ in range(count)]
+    held = [http.get(url, timeout=(5, 5), stream=True) for _ in range(count)]
     for response in held:
         assert response.content
         response.close()
@@ -221,7 +222,7 @@ def test_a_request_is_sent_again_at_most_once(serve, http):
     server = serve(answer_first_request_of_each_connection_only)
     fill_pool(http, server.url, 3)
     served = len(server.requests)
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}
     assert len(server.requests) == served + 2  # once on a pooled socket, once on a new one
     assert server.connections == 4
 
@@ -231,9 +232,34 @@ def test_a_close_that_comes_late_is_an_error_not_a_second_request(serve, http, m
     server = serve(answer_first_request_of_each_connection_only)
     fill_pool(http, server.url, 1)
     with pytest.raises(requests.ConnectionError, match="closed"):
-        http.post(server.url, data=b"{}", timeout=(5, 5))
+        http.get(server.url, timeout=(5, 5))
     assert len(server.requests) == 2
     assert server.connections == 1
+
+
+def test_a_post_the_upstream_read_and_closed_on_is_never_sent_again(serve, http):
+    """An upstream that reads the whole POST and closes without answering may have acted
+    on it (a completion billed): it receives it exactly once, and the caller is told."""
+    server = serve(answer_first_request_of_each_connection_only)
+    fill_pool(http, server.url, 1)
+    with pytest.raises(transport.ClosedWithoutAnswer, match="not sent again"):
+        http.post(server.url, data=b'{"bill": 1}', timeout=(5, 5))
+    posts = [r for r in server.requests if r.startswith(b"POST ")]
+    assert len(posts) == 1 and posts[0].endswith(b'{"bill": 1}')
+    assert server.connections == 1
+
+
+def test_a_post_on_a_connection_closed_before_writing_goes_on_a_new_one(serve, http):
+    """Nothing of the request reached the server (the write itself failed): the server
+    had closed first, and the POST goes once, on a new connection."""
+    server = serve(answer_forever(json_answer(b'{"n": 2}')))
+    fill_pool(http, server.url, 1)
+    pooled = http.get_adapter(server.url)._idle
+    (conn,) = [c for conns in pooled.values() for c in conns]
+    conn.sock.shutdown(socket.SHUT_WR)  # our side of it can no longer be written
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 2}
+    assert server.connections == 2
+    assert sum(r.startswith(b"POST ") for r in server.requests) == 1
 
 
 def test_idle_connections_expire(serve, http, monkeypatch):
@@ -333,6 +359,86 @@ def test_close_delimited_body_is_read_to_the_end(serve, http):
     assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == b"all of it"
     assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == b"all of it"
     assert server.connections == 2
+
+
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-15)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("pack", [zlib.compress, raw_deflate], ids=["zlib", "raw"])
+def test_deflate_bodies_are_decoded_zlib_wrapped_or_raw(serve, http, pack):
+    text = b'{"answer": "' + b"d" * 3000 + b'"}'
+    server = serve(answer_forever(json_answer(pack(text), "Content-Encoding: deflate\r\n")))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == text
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == text
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked "])
+def test_a_chunked_transfer_coding_is_read(serve, http, coding):
+    answer = OK + f"Transfer-Encoding:{coding}\r\n\r\n".encode() + chunked(b"[", b"7]")
+    server = serve(answer_forever(answer))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == [7]
+
+
+@pytest.mark.parametrize("coding", ["xchunked", "chunked, gzip", "gzip, chunked", "gzip"])
+def test_transfer_codings_are_parsed_exactly_not_as_a_substring(serve, http, coding):
+    """Transfer-Encoding is a comma list whose final coding must be `chunked`; the proxy
+    asks for no other (it sends no TE), so an answer in another coding is unreadable."""
+
+    def once_then_close(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(OK + f"Transfer-Encoding: {coding}\r\n\r\n".encode() + chunked(b"[7]"))
+        sock.close()
+
+    server = serve(once_then_close)
+    with pytest.raises(requests.ConnectionError, match="Transfer-Encoding"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip-bomb"])
+def test_an_answer_over_the_size_cap_fails_and_its_connection_is_dropped(
+    serve, http, monkeypatch, packed
+):
+    monkeypatch.setattr(http1, "MAX_ANSWER_BYTES", 10_000)
+    big = b'{"a": "' + b"x" * 10_000 + b'"}'
+    body, extra = (gzip.compress(big), "Content-Encoding: gzip\r\n") if packed else (big, "")
+    answers = [json_answer(body, extra), json_answer(b"{}")]
+
+    def big_then_small(server: RawServer, sock: socket.socket) -> None:
+        while server.read_request(sock) is not None:
+            sock.sendall(answers[min(len(server.requests), 2) - 1])
+
+    server = serve(big_then_small)
+    with pytest.raises(http1.AnswerTooLarge, match="over 10000 bytes"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {}
+    assert server.connections == 2  # the over-cap answer's connection was not pooled
+
+
+def test_an_event_stream_caps_one_line_not_the_whole_stream(serve, http, monkeypatch):
+    monkeypatch.setattr(http1, "MAX_EVENT_LINE_BYTES", 100)
+    event = b"data: " + b"e" * 80 + b"\n\n"
+    head = OK + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def stream(*pieces: bytes) -> Handler:
+        def handle(server: RawServer, sock: socket.socket) -> None:
+            server.read_request(sock)
+            sock.sendall(head + chunked(*pieces))
+            server.read_request(sock)
+
+        return handle
+
+    fine = serve(stream(*[event] * 50))  # 4,400 bytes in all, no line over 100
+    response = http.post(fine.url, data=b"{}", timeout=(5, 5), stream=True)
+    assert b"".join(response.raw.stream()) == event * 50
+    long_line = b"data: " + b"l" * 60
+    over = serve(stream(event, long_line, long_line, b"\n\n"))  # one line cut in two pieces
+    response = http.post(over.url, data=b"{}", timeout=(5, 5), stream=True)
+    with pytest.raises(http1.AnswerTooLarge, match="line over 100 bytes"):
+        b"".join(response.raw.stream())
+    assert response.raw.closed
 
 
 def test_informational_answers_are_skipped(serve, http):
