@@ -260,3 +260,13 @@ def test_the_upstream_proxy_password_is_among_the_secrets_kept_out_of_logs():
     assert {"p@ss-w0rd", "p%40ss-w0rd"} <= set(secrets_of(config, [])())
     token_only = Config(upstream_proxy="http://s3cr3t-token@proxy.corp:3128")
     assert "s3cr3t-token" in list(secrets_of(token_only, [])())
+
+
+def test_the_plain_http_proxy_is_shown_and_kept_secret_like_the_other():
+    from qwenproxy.services.container import secrets_of
+    from qwenproxy.services.doctor import describe_setting
+
+    config = Config(upstream_http_proxy="http://me:hunter2-http@proxy.corp:8080")
+    shown = describe_setting(config, "UPSTREAM_HTTP_PROXY", "upstream_http_proxy")
+    assert shown == "http://***@proxy.corp:8080"
+    assert "hunter2-http" in set(secrets_of(config, [])())

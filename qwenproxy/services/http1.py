@@ -361,8 +361,15 @@ class LeanBody:
 
 
 def encode_request(
-    method: str, path: str, host_header: str, headers: Any, body: Any
+    method: str,
+    path: str,
+    host_header: str,
+    headers: Any,
+    body: Any,
+    proxy_authorization: str | None = None,
 ) -> tuple[bytes, bytes]:
+    """(head, body) of one request; `path` is the request target (origin form, or the
+    absolute URL for a forward proxy, which then gets `proxy_authorization`)."""
     if body is None:
         payload = b""
     elif isinstance(body, bytes):
@@ -392,6 +399,8 @@ def encode_request(
         lines.append(f"Content-Length: {len(payload)}")
     if not seen_encoding:
         lines.append("Accept-Encoding: identity")
+    if proxy_authorization:
+        lines.append(f"Proxy-Authorization: {proxy_authorization}")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("latin-1"), payload
 

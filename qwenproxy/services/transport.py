@@ -119,8 +119,10 @@ class LeanAdapter(BaseAdapter):
     without a second greenlet and without losing a byte: that is how the SSE relay sends
     keep-alives.
 
-    HTTPS upstreams can be reached through an HTTP proxy (`CONNECT` tunnels, with Basic
-    credentials from the proxy URL), except hosts in `no_proxy` and loopback; `ca_bundle`
+    Upstreams can be reached through HTTP proxies — `proxy` for HTTPS ones (`CONNECT`
+    tunnels), `http_proxy` for plain-http ones (absolute-form requests, RFC 9112 section
+    3.2.2) — with Basic credentials from the proxy URL, except hosts in `no_proxy` and
+    loopback. A proxy's own refusals (407, a refused tunnel) are `ProxyError`s; `ca_bundle`
     replaces certifi's CAs (a company's TLS-inspecting proxy, say). Requests' own proxy
     arguments are refused: the proxy is configuration, never a request's choice.
 
@@ -133,10 +135,18 @@ class LeanAdapter(BaseAdapter):
         proxy: str | None = None,
         no_proxy: tuple[str, ...] = (),
         ca_bundle: str | None = None,
+        http_proxy: str | None = None,
     ) -> None:
         super().__init__()
         self.max_idle_per_host = max_idle_per_host
-        self._proxy = TunnelProxy.from_url(proxy, no_proxy) if proxy else None
+        self._proxies = {
+            "https": TunnelProxy.from_url(proxy, no_proxy) if proxy else None,
+            "http": (
+                TunnelProxy.from_url(http_proxy, no_proxy, "UPSTREAM_HTTP_PROXY")
+                if http_proxy
+                else None
+            ),
+        }
         self._default_verify: bool | str = ca_bundle or True
         self._idle: dict[tuple[Any, ...], deque[_Connection]] = {}
         self._contexts: dict[Any, ssl.SSLContext] = {}
@@ -164,11 +174,21 @@ class LeanAdapter(BaseAdapter):
             raise requests.exceptions.ProxyError("qwenproxy's transport does not use proxies")
         connect_timeout, read_timeout = _timeouts(timeout)
         method = (request.method or "GET").upper()
-        head, body = encode_request(method, path, host_header, request.headers, request.body)
+        proxy = self._proxies[scheme]
+        if proxy is not None and not proxy.applies_to(host):
+            proxy = None
+        forward = proxy is not None and scheme == "http"
+        head, body = encode_request(
+            method,
+            f"http://{host_header}{path}" if forward else path,
+            host_header,
+            request.headers,
+            request.body,
+            proxy.authorization if forward and proxy is not None else None,
+        )
         if verify is True:
             verify = self._default_verify
-        tunnel = scheme == "https" and self._proxy is not None and self._proxy.applies_to(host)
-        key = (scheme, host, port, verify if scheme == "https" else None, tunnel)
+        key = (scheme, host, port, verify if scheme == "https" else None, proxy is not None)
 
         retried = False
         while True:
@@ -190,6 +210,9 @@ class LeanAdapter(BaseAdapter):
                 status, reason, headers, rest, keep = read_head(
                     conn.sock, read_timeout, while_waiting
                 )
+                if forward and status == 407 and proxy is not None:
+                    conn.close()  # the proxy's answer, not the upstream's
+                    raise proxy.wants_credentials()
                 raw = LeanBody(
                     conn, self.checkin, method, status, headers, rest, keep, read_timeout
                 )
@@ -197,6 +220,8 @@ class LeanAdapter(BaseAdapter):
             except TimeoutError:
                 conn.close()
                 raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
+            except requests.exceptions.ProxyError:  # an OSError too: not one of those below
+                raise
             except (Unanswered, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
                 unanswered = not written or isinstance(exc, Unanswered)
@@ -276,8 +301,8 @@ class LeanAdapter(BaseAdapter):
             conns.append(conn)
 
     def _connect(self, key: tuple[Any, ...], timeout: float | None) -> _Connection:
-        scheme, host, port, verify, tunnel = key
-        proxy = self._proxy if tunnel else None
+        scheme, host, port, verify, via_proxy = key
+        proxy = self._proxies[scheme] if via_proxy else None
         to_host, to_port = (proxy.host, proxy.port) if proxy else (host, port)
         try:
             sock = socket.create_connection((to_host, to_port), timeout=timeout)
@@ -288,7 +313,7 @@ class LeanAdapter(BaseAdapter):
             raise error(f"could not connect to {to_host}:{to_port}: {reason_of(exc)}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if proxy is not None:
+            if proxy is not None and scheme == "https":
                 proxy.open_tunnel(sock, host, port)
             if scheme == "https":
                 sock = self._tls_context(verify).wrap_socket(sock, server_hostname=host)
@@ -326,22 +351,39 @@ class LeanAdapter(BaseAdapter):
 
 
 class TunnelProxy:
-    """An HTTP proxy that opens `CONNECT` tunnels to HTTPS upstreams."""
+    """An HTTP proxy: it opens `CONNECT` tunnels to HTTPS upstreams, and takes plain-http
+    requests in absolute form. `setting` names the variable it came from (for errors)."""
 
-    def __init__(self, host: str, port: int, authorization: str | None, bypass: tuple[str, ...]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        authorization: str | None,
+        bypass: tuple[str, ...],
+        setting: str = "UPSTREAM_PROXY",
+    ):
         self.host = host
         self.port = port
-        self._authorization = authorization  # "Basic …": never logged, never in an error
+        self.authorization = authorization  # "Basic …": never logged, never in an error
         self._bypass = bypass
+        self._setting = setting
 
     @classmethod
-    def from_url(cls, url: str, no_proxy: tuple[str, ...] = ()) -> TunnelProxy:
+    def from_url(
+        cls, url: str, no_proxy: tuple[str, ...] = (), setting: str = "UPSTREAM_PROXY"
+    ) -> TunnelProxy:
         address = split_proxy_url(url)  # the same reading config validated
         authorization = None
         if address.username is not None:
             pair = f"{address.username}:{address.password or ''}"
             authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-        return cls(address.host, address.port, authorization, no_proxy)
+        return cls(address.host, address.port, authorization, no_proxy, setting)
+
+    def wants_credentials(self) -> requests.exceptions.ProxyError:
+        return requests.exceptions.ProxyError(
+            f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
+            f"put them in {self._setting} as http://user:password@host:port"
+        )
 
     def applies_to(self, host: str) -> bool:
         """False for loopback hosts and for hosts NO_PROXY names (host, .domain, IP,
@@ -375,8 +417,8 @@ class TunnelProxy:
         """Ask the proxy for a tunnel to host:port on `sock` (a fresh connection to it)."""
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-        if self._authorization:
-            lines.append(f"Proxy-Authorization: {self._authorization}")
+        if self.authorization:
+            lines.append(f"Proxy-Authorization: {self.authorization}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
             status, reason, _, rest, _ = read_head(sock)
@@ -387,10 +429,7 @@ class TunnelProxy:
                 f"the upstream proxy {self.host}:{self.port} did not open a tunnel to {target}"
             ) from None
         if status == 407:
-            raise requests.exceptions.ProxyError(
-                f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
-                "put them in UPSTREAM_PROXY as http://user:password@host:port"
-            )
+            raise self.wants_credentials()
         if not 200 <= status < 300 or rest:
             raise requests.exceptions.ProxyError(
                 f"the upstream proxy {self.host}:{self.port} refused a tunnel to {target} "

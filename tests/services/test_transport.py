@@ -722,6 +722,98 @@ def test_no_proxy_hosts_and_plain_http_go_direct(serve, ca, bundle):
     assert plain.connections == 1
 
 
+class ForwardProxy(RawServer):
+    """A loopback forward proxy for plain http: it takes absolute-form requests (asking
+    for credentials when it has some), records them, and forwards each to UPSTREAM_NAME's
+    port on 127.0.0.1 in origin form over one upstream connection per client one."""
+
+    def __init__(self, credentials: str | None = None) -> None:
+        self.credentials = credentials
+        super().__init__(self._forward)
+
+    def _forward(self, server: RawServer, client: socket.socket) -> None:
+        upstream = None
+        while (request := self.read_request(client)) is not None:
+            if self.credentials:
+                wanted = "Basic " + base64.b64encode(self.credentials.encode()).decode()
+                if f"Proxy-Authorization: {wanted}\r\n".encode() not in request:
+                    client.sendall(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    continue
+            head, _, body = request.partition(b"\r\n\r\n")
+            line, _, rest = head.partition(b"\r\n")
+            method, target, version = line.split(b" ")
+            prefix = f"http://{UPSTREAM_NAME}:".encode()
+            assert target.startswith(prefix), target
+            port, _, path = target[len(prefix) :].partition(b"/")
+            kept = b"".join(
+                h + b"\r\n"
+                for h in rest.split(b"\r\n")
+                if not h.lower().startswith(b"proxy-authorization:")
+            )
+            if upstream is None:
+                upstream = socket.create_connection(("127.0.0.1", int(port)))
+            upstream.sendall(b"%s /%s %s\r\n%s\r\n%s" % (method, path, version, kept, body))
+            client.sendall(self.read_answer(upstream))
+        if upstream is not None:
+            upstream.close()
+
+    @staticmethod
+    def read_answer(sock: socket.socket) -> bytes:
+        """One Content-Length answer."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head + b"\r\n\r\n" + body
+
+
+def forwarding_session(proxy: ForwardProxy, no_proxy=()) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    adapter = LeanAdapter(http_proxy=f"http://{proxy.credentials or 'x'}@127.0.0.1:{proxy.port}",
+                          no_proxy=no_proxy)
+    session.mount("http://", adapter)
+    return session
+
+
+def test_plain_http_upstreams_go_through_the_http_proxy_in_absolute_form(serve):
+    upstream = serve(answer_forever(json_answer(b'{"via": "forward"}')))
+    proxy = ForwardProxy("corp user:s3cret")
+    with forwarding_session(proxy) as http:
+        for _ in range(2):
+            answer = http.post(via_name(upstream.url), data=b'{"q": 1}', timeout=(5, 5))
+            assert answer.json() == {"via": "forward"}
+        http.post(upstream.url, data=b"{}", timeout=(5, 5))  # localhost: direct
+    proxy.close()
+    assert proxy.connections == 1  # kept alive, like any pooled connection
+    target = f"POST http://{UPSTREAM_NAME}:{upstream.port}/v1/chat/completions HTTP/1.1\r\n"
+    assert all(r.startswith(target.encode()) for r in proxy.requests)
+    assert all(f"Host: {UPSTREAM_NAME}:{upstream.port}\r\n".encode() in r for r in proxy.requests)
+    assert len(proxy.requests) == 2
+    assert all(r.endswith(b'{"q": 1}') for r in upstream.requests[:2])
+    assert all(b"Proxy-Authorization" not in r for r in upstream.requests)
+    assert upstream.connections == 2  # one from the proxy, one direct
+
+
+def test_an_http_proxy_asking_for_credentials_is_a_proxy_error_naming_the_setting(serve):
+    upstream = serve(answer_forever(json_answer(b"{}")))
+    proxy = ForwardProxy("user:right")
+    wrong = ForwardProxy.__new__(ForwardProxy)
+    wrong.credentials, wrong.port = "user:wrong-pass", proxy.port
+    with forwarding_session(wrong) as http:
+        with pytest.raises(requests.exceptions.ProxyError) as caught:
+            http.post(via_name(upstream.url), data=b"{}", timeout=(5, 5))
+    proxy.close()
+    assert "407" in str(caught.value) and "UPSTREAM_HTTP_PROXY" in str(caught.value)
+    assert "wrong-pass" not in str(caught.value)
+    assert upstream.connections == 0
+
+
 @pytest.mark.parametrize(
     ("host", "no_proxy", "proxied"),
     [
