@@ -1,6 +1,7 @@
 """The shared `requests.Session`'s transport (mounted with `Session.mount`): pooled
 keep-alive HTTP/1.1 connections to the configured upstreams, TLS verified against
-certifi's bundle. The wire format is in services/http1.py.
+certifi's bundle, HTTP proxies. The wire format is in services/http1.py (answers parsed
+by llhttp, through `httptools`).
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ class LeanAdapter(BaseAdapter):
 
     Why not urllib3: on the proxy's hot path its pool, `http.client`'s buffered reader and
     `email`-based header parsing cost ~420 µs a call against ~200 µs here — more than the
-    rest of the proxy's own work. One `sendall` per request; the answer's head parsed
-    here; the body read by `http1.LeanBody`, which owns its buffer, so a stream can wait
-    for upstream data with a timeout and come back empty-handed (`read_chunk(wait)`)
-    without a second greenlet and without losing a byte: that is how the SSE relay sends
-    keep-alives.
+    rest of the proxy's own work. One write per request; the answer parsed by llhttp
+    (`http1.Answer`) from bytes this transport reads itself; the body read by
+    `http1.LeanBody`, so a stream can wait for upstream data with a timeout and come back
+    empty-handed (`read_chunk(wait)`) without a second greenlet and without losing a
+    byte: that is how the SSE relay sends keep-alives.
 
     Upstreams can be reached through HTTP proxies — `proxy` for HTTPS ones (`CONNECT`
     tunnels), `http_proxy` for plain-http ones (absolute-form requests, RFC 9112 section
@@ -207,15 +208,11 @@ class LeanAdapter(BaseAdapter):
                     conn.sock.sendall(first[sent:])
                 if first is head and body:
                     conn.sock.sendall(body)
-                status, reason, headers, rest, keep = read_head(
-                    conn.sock, read_timeout, while_waiting
-                )
-                if forward and status == 407 and proxy is not None:
+                answer = read_head(conn.sock, read_timeout, while_waiting, method)
+                if forward and answer.status == 407 and proxy is not None:
                     conn.close()  # the proxy's answer, not the upstream's
                     raise proxy.wants_credentials()
-                raw = LeanBody(
-                    conn, self.checkin, method, status, headers, rest, keep, read_timeout
-                )
+                raw = LeanBody(conn, self.checkin, answer, read_timeout)
                 break
             except TimeoutError:
                 conn.close()
@@ -244,14 +241,14 @@ class LeanAdapter(BaseAdapter):
                 conn.close()
                 raise
         response = requests.Response()
-        response.status_code = status
-        response.reason = reason
-        response.headers = headers
+        response.status_code = answer.status
+        response.reason = answer.reason
+        response.headers = answer.headers
         response.raw = raw
         response.url = request.url or ""
         response.request = request
         response.connection = self
-        response.encoding = get_encoding_from_headers(headers)
+        response.encoding = get_encoding_from_headers(answer.headers)
         if not stream:
             response.content  # noqa: B018 - read now, as requests' own adapter contract says
         return response
@@ -421,19 +418,19 @@ class TunnelProxy:
             lines.append(f"Proxy-Authorization: {self.authorization}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
-            status, reason, _, rest, _ = read_head(sock)
+            answer = read_head(sock, method="CONNECT")
         except (OSError, ValueError) as exc:
             if isinstance(exc, TimeoutError):
                 raise
             raise requests.exceptions.ProxyError(
                 f"the upstream proxy {self.host}:{self.port} did not open a tunnel to {target}"
             ) from None
-        if status == 407:
+        if answer.status == 407:
             raise self.wants_credentials()
-        if not 200 <= status < 300 or rest:
+        if not 200 <= answer.status < 300 or answer.body or answer.spoiled:
             raise requests.exceptions.ProxyError(
                 f"the upstream proxy {self.host}:{self.port} refused a tunnel to {target} "
-                f"(HTTP {status} {reason})"
+                f"(HTTP {answer.status} {answer.reason})"
             )
 
 

@@ -476,6 +476,28 @@ def test_malformed_answers_raise_request_errors(serve, http, answer, error):
         http.post(server.url, data=b"{}", timeout=(5, 5))
 
 
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (OK + b"X-Big: " + b"b" * 200_000, requests.ConnectionError),  # a head without end
+        (CHUNKED + b"1\r\nx\r\n0\r\nX-Trailer: " + b"t" * 200_000, BROKEN_BODY),
+        (CHUNKED + b"1;" + b"e" * 200_000, BROKEN_BODY),  # a chunk line without end
+    ],
+    ids=["head", "trailers", "chunk-line"],
+)
+def test_endless_heads_chunk_lines_and_trailers_are_refused(serve, http, answer, error):
+    """llhttp keeps no limit of its own on these: the transport's MAX_HEAD is theirs."""
+
+    def send_then_hold(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(answer)
+        sock.recv(1)  # holds the connection open: only the cap can end the read
+
+    server = serve(send_then_hold)
+    with pytest.raises(error):
+        http.post(server.url, data=b"{}", timeout=(5, 5))  # reads the body (not a stream)
+
+
 def test_header_injection_is_refused_before_anything_is_sent(serve, http):
     server = serve(answer_forever(json_answer(b"{}")))
     with pytest.raises(requests.exceptions.InvalidHeader):
