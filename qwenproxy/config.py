@@ -149,6 +149,14 @@ SETTINGS: tuple[Setting, ...] = (
         also=("HTTPS_PROXY", "https_proxy"),
     ),
     Setting(
+        "UPSTREAM_HTTP_PROXY",
+        "upstream_http_proxy",
+        None,
+        parse_proxy_url,
+        "HTTP proxy that plain-http upstreams are reached through (absolute-form requests)",
+        also=("HTTP_PROXY", "http_proxy"),
+    ),
+    Setting(
         "UPSTREAM_NO_PROXY",
         "upstream_no_proxy",
         None,
@@ -477,6 +485,7 @@ class Config:
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
     upstream_proxy: str | None = field(default=None, repr=False)  # may hold a password
+    upstream_http_proxy: str | None = field(default=None, repr=False)  # may hold one too
     upstream_no_proxy: tuple[str, ...] = ()
     upstream_ca_bundle: Path | None = None
     max_body_bytes: int = 10 * 1024 * 1024

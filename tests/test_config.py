@@ -267,9 +267,26 @@ def test_upstream_proxy_takes_the_conventional_variables_too(tmp_path: Path) -> 
     assert mine.sources["UPSTREAM_PROXY"] == "env"
 
 
+def test_the_plain_http_proxy_takes_http_proxy_and_no_other() -> None:
+    config = Config.from_env(
+        environ={"HTTP_PROXY": "http://proxy.corp:3128", "HTTPS_PROXY": "http://tls.corp:1"},
+        dotenv_path=None,
+    )
+    assert config.upstream_http_proxy == "http://proxy.corp:3128"
+    assert config.upstream_proxy == "http://tls.corp:1"
+    assert config.sources["UPSTREAM_HTTP_PROXY"] == "env HTTP_PROXY"
+    mine = Config.from_env(
+        environ={"UPSTREAM_HTTP_PROXY": "proxy.mine:8080", "http_proxy": "http://other:1"},
+        dotenv_path=None,
+    )
+    assert mine.upstream_http_proxy == "http://proxy.mine:8080"
+    assert Config.from_env(environ={}, dotenv_path=None).upstream_http_proxy is None
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
+        ("UPSTREAM_HTTP_PROXY", "socks5://proxy:1080"),
         ("UPSTREAM_PROXY", "socks5://proxy:1080"),
         ("UPSTREAM_PROXY", "https://proxy:443"),
         ("UPSTREAM_PROXY", "http://proxy:port"),

@@ -298,3 +298,11 @@ def test_doctor_shows_the_database_url_without_its_password():
                              dotenv_path=None)
     shown = describe_setting(config, "DATABASE_URL", "database_url")
     assert shown == "postgresql+psycopg://***@db:5432/qp"
+def test_the_plain_http_proxy_is_shown_and_kept_secret_like_the_other():
+    from qwenproxy.services.container import secrets_of
+    from qwenproxy.services.doctor import describe_setting
+
+    config = Config(upstream_http_proxy="http://me:hunter2-http@proxy.corp:8080")
+    shown = describe_setting(config, "UPSTREAM_HTTP_PROXY", "upstream_http_proxy")
+    assert shown == "http://***@proxy.corp:8080"
+    assert "hunter2-http" in set(secrets_of(config, [])())

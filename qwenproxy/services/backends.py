@@ -26,10 +26,10 @@ from qwenproxy.errors import (
     upstream_error_for_status,
 )
 from qwenproxy.services.context_guard import context_refusal
-from qwenproxy.services.http1 import WAIT_CHECK_SECONDS
+from qwenproxy.services.http1 import WAIT_CHECK_SECONDS, AnswerTooLarge
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
-from qwenproxy.services.transport import LeanAdapter
+from qwenproxy.services.transport import ClosedWithoutAnswer, LeanAdapter
 from qwenproxy.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ class UpstreamStream:
                 raise UpstreamTimeoutError(
                     f"Backend {self._backend} stopped sending mid-stream (read timeout)."
                 ) from None
+            if isinstance(exc, AnswerTooLarge):
+                raise UpstreamError(f"Backend {self._backend}'s stream: {exc}.") from None
             raise UpstreamError(
                 f"The connection to backend {self._backend} broke mid-stream."
             ) from None
@@ -404,6 +406,9 @@ class OpenAICompatibleBackend:
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
         if _is_timeout(exc):
             return UpstreamTimeoutError(f"Backend {self.name} did not answer in time.")
+        if isinstance(exc, ClosedWithoutAnswer | AnswerTooLarge):
+            # Neither message names an address: they can go to the client as they are.
+            return UpstreamError(f"Backend {self.name}: {exc}.")
         if isinstance(exc, requests.exceptions.ProxyError):
             # The operator gets the detail (proxy address, HTTP status); clients do not.
             log.warning("backend %s: %s", self.name, exc)

@@ -61,6 +61,7 @@ def make_http_session(config: Config | None = None) -> requests.Session:
     adapter = LeanAdapter(
         max_idle_per_host=POOL_SIZE,
         proxy=config.upstream_proxy if config else None,
+        http_proxy=config.upstream_http_proxy if config else None,
         no_proxy=config.upstream_no_proxy if config else (),
         ca_bundle=str(config.upstream_ca_bundle) if config and config.upstream_ca_bundle else None,
     )
@@ -108,8 +109,11 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
             yield from keys
         for custom in config.custom_backends:
             yield from custom.api_keys
-        if config.upstream_proxy:  # its password, or a user name that serves as a token
-            userinfo = config.upstream_proxy.partition("://")[2].rpartition("@")[0]
+        for proxy in (config.upstream_proxy, config.upstream_http_proxy):
+            if not proxy:
+                continue
+            # its password, or a user name that serves as a token
+            userinfo = proxy.partition("://")[2].rpartition("@")[0]
             secret = userinfo.partition(":")[2] or userinfo
             for text in (secret, unquote(secret)):  # as written in the URL, and as sent
                 if len(text) >= 4:  # a shorter one would blank common words in every line

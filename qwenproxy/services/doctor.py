@@ -67,7 +67,7 @@ def describe_setting(config: Config, env: str, attr: str) -> str:
         return f"set ({len(value)} key{'s' if len(value) != 1 else ''})" if value else "unset"
     if value is None or value == () or value == {} or value == "":
         return "unset"
-    if env in ("UPSTREAM_PROXY", "DATABASE_URL"):
+    if env in ("UPSTREAM_PROXY", "UPSTREAM_HTTP_PROXY", "DATABASE_URL"):
         return without_password(value)
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value)

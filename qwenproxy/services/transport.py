@@ -1,6 +1,7 @@
 """The shared `requests.Session`'s transport (mounted with `Session.mount`): pooled
 keep-alive HTTP/1.1 connections to the configured upstreams, TLS verified against
-certifi's bundle. The wire format is in services/http1.py.
+certifi's bundle, HTTP proxies. The wire format is in services/http1.py (answers parsed
+by llhttp, through `httptools`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its se
 # Idle keep-alive sockets older than this are closed rather than reused: below the 60 s
 # idle timeout of common load balancers, so a reuse seldom races the server's own close.
 MAX_IDLE_SECONDS = 50.0
-# A reused connection that ends this soon after the request, with no answer byte, was
-# closed by the server as the request crossed it; the request is sent again, once.
+# A reused connection that ends this soon after an idempotent request, with no answer
+# byte, was closed by the server as the request crossed it; the request goes again, once.
 CROSSED_CLOSE_SECONDS = 1.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})  # RFC 9110 section 9.2.2
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -78,6 +80,11 @@ def _target(url: str) -> tuple[str, str, int, str, str]:
     if BAD_HEADER_CHARS.search(path) or " " in path:
         raise InvalidURL(f"bad characters in {url!r}")
     return scheme, host, port, host_header, path
+
+
+class ClosedWithoutAnswer(ConnectionError):
+    """The upstream closed the connection after the request was written, before any byte
+    of an answer. A POST is not sent again: the upstream may have acted on it."""
 
 
 class _Connection:
@@ -107,14 +114,16 @@ class LeanAdapter(BaseAdapter):
 
     Why not urllib3: on the proxy's hot path its pool, `http.client`'s buffered reader and
     `email`-based header parsing cost ~420 µs a call against ~200 µs here — more than the
-    rest of the proxy's own work. One `sendall` per request; the answer's head parsed
-    here; the body read by `http1.LeanBody`, which owns its buffer, so a stream can wait
-    for upstream data with a timeout and come back empty-handed (`read_chunk(wait)`)
-    without a second greenlet and without losing a byte: that is how the SSE relay sends
-    keep-alives.
+    rest of the proxy's own work. One write per request; the answer parsed by llhttp
+    (`http1.Answer`) from bytes this transport reads itself; the body read by
+    `http1.LeanBody`, so a stream can wait for upstream data with a timeout and come back
+    empty-handed (`read_chunk(wait)`) without a second greenlet and without losing a
+    byte: that is how the SSE relay sends keep-alives.
 
-    HTTPS upstreams can be reached through an HTTP proxy (`CONNECT` tunnels, with Basic
-    credentials from the proxy URL), except hosts in `no_proxy` and loopback; `ca_bundle`
+    Upstreams can be reached through HTTP proxies — `proxy` for HTTPS ones (`CONNECT`
+    tunnels), `http_proxy` for plain-http ones (absolute-form requests, RFC 9112 section
+    3.2.2) — with Basic credentials from the proxy URL, except hosts in `no_proxy` and
+    loopback. A proxy's own refusals (407, a refused tunnel) are `ProxyError`s; `ca_bundle`
     replaces certifi's CAs (a company's TLS-inspecting proxy, say). Requests' own proxy
     arguments are refused: the proxy is configuration, never a request's choice.
 
@@ -127,10 +136,18 @@ class LeanAdapter(BaseAdapter):
         proxy: str | None = None,
         no_proxy: tuple[str, ...] = (),
         ca_bundle: str | None = None,
+        http_proxy: str | None = None,
     ) -> None:
         super().__init__()
         self.max_idle_per_host = max_idle_per_host
-        self._proxy = TunnelProxy.from_url(proxy, no_proxy) if proxy else None
+        self._proxies = {
+            "https": TunnelProxy.from_url(proxy, no_proxy) if proxy else None,
+            "http": (
+                TunnelProxy.from_url(http_proxy, no_proxy, "UPSTREAM_HTTP_PROXY")
+                if http_proxy
+                else None
+            ),
+        }
         self._default_verify: bool | str = ca_bundle or True
         self._idle: dict[tuple[Any, ...], deque[_Connection]] = {}
         self._contexts: dict[Any, ssl.SSLContext] = {}
@@ -158,11 +175,21 @@ class LeanAdapter(BaseAdapter):
             raise requests.exceptions.ProxyError("qwenproxy's transport does not use proxies")
         connect_timeout, read_timeout = _timeouts(timeout)
         method = (request.method or "GET").upper()
-        head, body = encode_request(method, path, host_header, request.headers, request.body)
+        proxy = self._proxies[scheme]
+        if proxy is not None and not proxy.applies_to(host):
+            proxy = None
+        forward = proxy is not None and scheme == "http"
+        head, body = encode_request(
+            method,
+            f"http://{host_header}{path}" if forward else path,
+            host_header,
+            request.headers,
+            request.body,
+            proxy.authorization if forward and proxy is not None else None,
+        )
         if verify is True:
             verify = self._default_verify
-        tunnel = scheme == "https" and self._proxy is not None and self._proxy.applies_to(host)
-        key = (scheme, host, port, verify if scheme == "https" else None, tunnel)
+        key = (scheme, host, port, verify if scheme == "https" else None, proxy is not None)
 
         retried = False
         while True:
@@ -171,32 +198,38 @@ class LeanAdapter(BaseAdapter):
             if conn is None:
                 conn = self._connect(key, connect_timeout)
             sent_at = time.monotonic()
+            written = False  # whether any byte of this request may have reached the server
             try:
                 conn.sock.settimeout(read_timeout)
-                if body and len(body) > 65536:
-                    conn.sock.sendall(head)
+                first = head + body if body and len(body) <= 65536 else head
+                sent = conn.sock.send(first)
+                written = True
+                if sent < len(first):
+                    conn.sock.sendall(first[sent:])
+                if first is head and body:
                     conn.sock.sendall(body)
-                else:
-                    conn.sock.sendall(head + body if body else head)
-                status, reason, headers, rest, keep = read_head(
-                    conn.sock, read_timeout, while_waiting
-                )
-                raw = LeanBody(
-                    conn, self.checkin, method, status, headers, rest, keep, read_timeout
-                )
+                answer = read_head(conn.sock, read_timeout, while_waiting, method)
+                if forward and answer.status == 407 and proxy is not None:
+                    conn.close()  # the proxy's answer, not the upstream's
+                    raise proxy.wants_credentials()
+                raw = LeanBody(conn, self.checkin, answer, read_timeout)
                 break
             except TimeoutError:
                 conn.close()
                 raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
-            except (Unanswered, BrokenPipeError) as exc:
+            except requests.exceptions.ProxyError:  # an OSError too: not one of those below
+                raise
+            except (Unanswered, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
-                if reused and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS:
-                    # The server closed this idle keep-alive connection as our request
-                    # crossed it: no byte came back at once. Sent again, once, on a new
-                    # connection. A close that comes later may follow real work upstream
-                    # (a crash mid-answer): that is an error, never a second request.
+                unanswered = not written or isinstance(exc, Unanswered)
+                if reused and unanswered and self._may_send_again(method, written, sent_at):
                     retried = True
                     continue
+                if written and isinstance(exc, Unanswered):
+                    raise ClosedWithoutAnswer(
+                        "the upstream closed the connection without answering"
+                        + ("" if method in IDEMPOTENT else "; the request was not sent again")
+                    ) from None
                 raise ConnectionError(f"{host} closed the connection: {reason_of(exc)}") from None
             except OSError as exc:
                 conn.close()
@@ -208,20 +241,33 @@ class LeanAdapter(BaseAdapter):
                 conn.close()
                 raise
         response = requests.Response()
-        response.status_code = status
-        response.reason = reason
-        response.headers = headers
+        response.status_code = answer.status
+        response.reason = answer.reason
+        response.headers = answer.headers
         response.raw = raw
         response.url = request.url or ""
         response.request = request
         response.connection = self
-        response.encoding = get_encoding_from_headers(headers)
+        response.encoding = get_encoding_from_headers(answer.headers)
         if not stream:
             response.content  # noqa: B018 - read now, as requests' own adapter contract says
         return response
 
     def close(self) -> None:
         _close_idle(self._idle)
+
+    @staticmethod
+    def _may_send_again(method: str, written: bool, sent_at: float) -> bool:
+        """Whether a request that failed on a pooled connection goes again on a new one.
+        When nothing of it could be written, the server had closed the connection first:
+        any request goes again. Once bytes were written the server may have acted on them
+        (a completion billed), so only an idempotent request goes again, and only when the
+        close came at once — the server closed this idle connection as the request crossed
+        it. A later close may follow real work upstream: that is an error (as Go's
+        net/http does: non-idempotent requests are never replayed once written)."""
+        if not written:
+            return True
+        return method in IDEMPOTENT and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS
 
     # --- the pool -----------------------------------------------------------------------
 
@@ -252,8 +298,8 @@ class LeanAdapter(BaseAdapter):
             conns.append(conn)
 
     def _connect(self, key: tuple[Any, ...], timeout: float | None) -> _Connection:
-        scheme, host, port, verify, tunnel = key
-        proxy = self._proxy if tunnel else None
+        scheme, host, port, verify, via_proxy = key
+        proxy = self._proxies[scheme] if via_proxy else None
         to_host, to_port = (proxy.host, proxy.port) if proxy else (host, port)
         try:
             sock = socket.create_connection((to_host, to_port), timeout=timeout)
@@ -264,7 +310,7 @@ class LeanAdapter(BaseAdapter):
             raise error(f"could not connect to {to_host}:{to_port}: {reason_of(exc)}") from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if proxy is not None:
+            if proxy is not None and scheme == "https":
                 proxy.open_tunnel(sock, host, port)
             if scheme == "https":
                 sock = self._tls_context(verify).wrap_socket(sock, server_hostname=host)
@@ -302,22 +348,39 @@ class LeanAdapter(BaseAdapter):
 
 
 class TunnelProxy:
-    """An HTTP proxy that opens `CONNECT` tunnels to HTTPS upstreams."""
+    """An HTTP proxy: it opens `CONNECT` tunnels to HTTPS upstreams, and takes plain-http
+    requests in absolute form. `setting` names the variable it came from (for errors)."""
 
-    def __init__(self, host: str, port: int, authorization: str | None, bypass: tuple[str, ...]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        authorization: str | None,
+        bypass: tuple[str, ...],
+        setting: str = "UPSTREAM_PROXY",
+    ):
         self.host = host
         self.port = port
-        self._authorization = authorization  # "Basic …": never logged, never in an error
+        self.authorization = authorization  # "Basic …": never logged, never in an error
         self._bypass = bypass
+        self._setting = setting
 
     @classmethod
-    def from_url(cls, url: str, no_proxy: tuple[str, ...] = ()) -> TunnelProxy:
+    def from_url(
+        cls, url: str, no_proxy: tuple[str, ...] = (), setting: str = "UPSTREAM_PROXY"
+    ) -> TunnelProxy:
         address = split_proxy_url(url)  # the same reading config validated
         authorization = None
         if address.username is not None:
             pair = f"{address.username}:{address.password or ''}"
             authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-        return cls(address.host, address.port, authorization, no_proxy)
+        return cls(address.host, address.port, authorization, no_proxy, setting)
+
+    def wants_credentials(self) -> requests.exceptions.ProxyError:
+        return requests.exceptions.ProxyError(
+            f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
+            f"put them in {self._setting} as http://user:password@host:port"
+        )
 
     def applies_to(self, host: str) -> bool:
         """False for loopback hosts and for hosts NO_PROXY names (host, .domain, IP,
@@ -351,26 +414,23 @@ class TunnelProxy:
         """Ask the proxy for a tunnel to host:port on `sock` (a fresh connection to it)."""
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-        if self._authorization:
-            lines.append(f"Proxy-Authorization: {self._authorization}")
+        if self.authorization:
+            lines.append(f"Proxy-Authorization: {self.authorization}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         try:
-            status, reason, _, rest, _ = read_head(sock)
+            answer = read_head(sock, method="CONNECT")
         except (OSError, ValueError) as exc:
             if isinstance(exc, TimeoutError):
                 raise
             raise requests.exceptions.ProxyError(
                 f"the upstream proxy {self.host}:{self.port} did not open a tunnel to {target}"
             ) from None
-        if status == 407:
-            raise requests.exceptions.ProxyError(
-                f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
-                "put them in UPSTREAM_PROXY as http://user:password@host:port"
-            )
-        if not 200 <= status < 300 or rest:
+        if answer.status == 407:
+            raise self.wants_credentials()
+        if not 200 <= answer.status < 300 or answer.body or answer.spoiled:
             raise requests.exceptions.ProxyError(
                 f"the upstream proxy {self.host}:{self.port} refused a tunnel to {target} "
-                f"(HTTP {status} {reason})"
+                f"(HTTP {answer.status} {answer.reason})"
             )
 
 

@@ -8,10 +8,13 @@ import json
 import gevent
 import pytest
 
+from qwenproxy.errors import UpstreamError
+from qwenproxy.services import http1
 from qwenproxy.services.backends import OpenAICompatibleBackend, StaticKeyCredentials
 from qwenproxy.services.container import make_http_session
 from qwenproxy.services.models import ModelCatalog
 from tests.fake_upstream import completion
+from tests.services.test_transport import RawServer
 
 
 class ClientLeft(Exception):
@@ -61,3 +64,61 @@ def test_a_prompt_answer_never_asks(backend, fake_b):
     reply = backend.complete({"model": "m", "messages": []}, 0, lambda: asked.append(1))
     assert reply.body["choices"][0]["message"]["content"] == "Hello from fake"
     assert asked == []
+
+
+# --- transport failures the client is told about plainly ------------------------------------
+
+
+@pytest.fixture
+def raw_backend():
+    servers: list[RawServer] = []
+    http = make_http_session()
+
+    def start(handle) -> tuple[OpenAICompatibleBackend, RawServer]:
+        server = RawServer(handle)
+        servers.append(server)
+        base = f"http://127.0.0.1:{server.port}/v1"
+        credentials = [StaticKeyCredentials(base, "sk-raw-1")]
+        return (
+            OpenAICompatibleBackend("dashscope", http, credentials, ModelCatalog(("m",)), (5, 5)),
+            server,
+        )
+
+    yield start
+    http.close()
+    for server in servers:
+        server.close()
+
+
+def test_an_upstream_that_reads_a_post_and_closes_is_a_502_and_gets_it_once(raw_backend):
+    answer = json.dumps(completion()).encode()
+
+    def answer_then_read_and_close(server: RawServer, sock) -> None:
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        server.read_request(sock)  # the second POST, read whole, never answered
+        sock.close()
+
+    backend, server = raw_backend(answer_then_read_and_close)
+    backend.complete({"model": "m", "messages": []})
+    with pytest.raises(UpstreamError) as caught:
+        backend.complete({"model": "m", "messages": []})
+    assert caught.value.status == 502
+    assert "closed the connection without answering" in str(caught.value)
+    assert "not sent again" in str(caught.value)
+    assert len(server.requests) == 2  # one per call: the unanswered one was not replayed
+
+
+def test_an_answer_over_the_size_cap_is_a_502(raw_backend, monkeypatch):
+    monkeypatch.setattr(http1, "MAX_ANSWER_BYTES", 1000)
+    answer = json.dumps(completion("x" * 2000)).encode()
+
+    def big(server: RawServer, sock) -> None:
+        server.read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    backend, _ = raw_backend(big)
+    with pytest.raises(UpstreamError) as caught:
+        backend.complete({"model": "m", "messages": []})
+    assert caught.value.status == 502
+    assert "over 1000 bytes" in str(caught.value)

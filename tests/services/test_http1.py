@@ -36,8 +36,8 @@ def read_all_split(wire: bytes, at: int) -> tuple[bytes, bool]:
     sock = ScriptedSocket([wire[:at], wire[at:]] if at else [wire])
     pool = LeanAdapter()
     conn = _Connection(sock, ("http", "h", 80, None))  # type: ignore[arg-type]
-    status, _, headers, rest, keep = read_head(sock)  # type: ignore[arg-type]
-    body = LeanBody(conn, pool.checkin, "POST", status, headers, rest, keep, 5.0)
+    answer = read_head(sock)  # type: ignore[arg-type]
+    body = LeanBody(conn, pool.checkin, answer, 5.0)
     data = body.read()
     return data, bool(pool._idle.get(conn.key))
 

@@ -9,6 +9,7 @@ import gzip
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Callable
 
 import pytest
@@ -197,14 +198,14 @@ def test_a_request_crossing_the_servers_idle_close_is_sent_again(serve, http):
             sock.sendall(json_answer(b'{"n": 1}'))
 
     server = serve(second_request_unanswered)
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}  # idempotent: again
     assert server.connections == 2
 
 
 def fill_pool(http: requests.Session, url: str, count: int) -> None:
     """Leave `count` idle keep-alive connections in the pool."""
-    held = [http.post(url, data=b"{}", timeout=(5, 5), stream=True) for _ in range(count)]
+    held = [http.get(url, timeout=(5, 5), stream=True) for _ in range(count)]
     for response in held:
         assert response.content
         response.close()
@@ -221,7 +222,7 @@ def test_a_request_is_sent_again_at_most_once(serve, http):
     server = serve(answer_first_request_of_each_connection_only)
     fill_pool(http, server.url, 3)
     served = len(server.requests)
-    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 1}
+    assert http.get(server.url, timeout=(5, 5)).json() == {"n": 1}
     assert len(server.requests) == served + 2  # once on a pooled socket, once on a new one
     assert server.connections == 4
 
@@ -231,9 +232,34 @@ def test_a_close_that_comes_late_is_an_error_not_a_second_request(serve, http, m
     server = serve(answer_first_request_of_each_connection_only)
     fill_pool(http, server.url, 1)
     with pytest.raises(requests.ConnectionError, match="closed"):
-        http.post(server.url, data=b"{}", timeout=(5, 5))
+        http.get(server.url, timeout=(5, 5))
     assert len(server.requests) == 2
     assert server.connections == 1
+
+
+def test_a_post_the_upstream_read_and_closed_on_is_never_sent_again(serve, http):
+    """An upstream that reads the whole POST and closes without answering may have acted
+    on it (a completion billed): it receives it exactly once, and the caller is told."""
+    server = serve(answer_first_request_of_each_connection_only)
+    fill_pool(http, server.url, 1)
+    with pytest.raises(transport.ClosedWithoutAnswer, match="not sent again"):
+        http.post(server.url, data=b'{"bill": 1}', timeout=(5, 5))
+    posts = [r for r in server.requests if r.startswith(b"POST ")]
+    assert len(posts) == 1 and posts[0].endswith(b'{"bill": 1}')
+    assert server.connections == 1
+
+
+def test_a_post_on_a_connection_closed_before_writing_goes_on_a_new_one(serve, http):
+    """Nothing of the request reached the server (the write itself failed): the server
+    had closed first, and the POST goes once, on a new connection."""
+    server = serve(answer_forever(json_answer(b'{"n": 2}')))
+    fill_pool(http, server.url, 1)
+    pooled = http.get_adapter(server.url)._idle
+    (conn,) = [c for conns in pooled.values() for c in conns]
+    conn.sock.shutdown(socket.SHUT_WR)  # our side of it can no longer be written
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {"n": 2}
+    assert server.connections == 2
+    assert sum(r.startswith(b"POST ") for r in server.requests) == 1
 
 
 def test_idle_connections_expire(serve, http, monkeypatch):
@@ -335,6 +361,86 @@ def test_close_delimited_body_is_read_to_the_end(serve, http):
     assert server.connections == 2
 
 
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-15)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize("pack", [zlib.compress, raw_deflate], ids=["zlib", "raw"])
+def test_deflate_bodies_are_decoded_zlib_wrapped_or_raw(serve, http, pack):
+    text = b'{"answer": "' + b"d" * 3000 + b'"}'
+    server = serve(answer_forever(json_answer(pack(text), "Content-Encoding: deflate\r\n")))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == text
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).content == text
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize("coding", ["chunked", "Chunked", " chunked "])
+def test_a_chunked_transfer_coding_is_read(serve, http, coding):
+    answer = OK + f"Transfer-Encoding:{coding}\r\n\r\n".encode() + chunked(b"[", b"7]")
+    server = serve(answer_forever(answer))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == [7]
+
+
+@pytest.mark.parametrize("coding", ["xchunked", "chunked, gzip", "gzip, chunked", "gzip"])
+def test_transfer_codings_are_parsed_exactly_not_as_a_substring(serve, http, coding):
+    """Transfer-Encoding is a comma list whose final coding must be `chunked`; the proxy
+    asks for no other (it sends no TE), so an answer in another coding is unreadable."""
+
+    def once_then_close(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(OK + f"Transfer-Encoding: {coding}\r\n\r\n".encode() + chunked(b"[7]"))
+        sock.close()
+
+    server = serve(once_then_close)
+    with pytest.raises(requests.ConnectionError, match="Transfer-Encoding"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip-bomb"])
+def test_an_answer_over_the_size_cap_fails_and_its_connection_is_dropped(
+    serve, http, monkeypatch, packed
+):
+    monkeypatch.setattr(http1, "MAX_ANSWER_BYTES", 10_000)
+    big = b'{"a": "' + b"x" * 10_000 + b'"}'
+    body, extra = (gzip.compress(big), "Content-Encoding: gzip\r\n") if packed else (big, "")
+    answers = [json_answer(body, extra), json_answer(b"{}")]
+
+    def big_then_small(server: RawServer, sock: socket.socket) -> None:
+        while server.read_request(sock) is not None:
+            sock.sendall(answers[min(len(server.requests), 2) - 1])
+
+    server = serve(big_then_small)
+    with pytest.raises(http1.AnswerTooLarge, match="over 10000 bytes"):
+        http.post(server.url, data=b"{}", timeout=(5, 5))
+    assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == {}
+    assert server.connections == 2  # the over-cap answer's connection was not pooled
+
+
+def test_an_event_stream_caps_one_line_not_the_whole_stream(serve, http, monkeypatch):
+    monkeypatch.setattr(http1, "MAX_EVENT_LINE_BYTES", 100)
+    event = b"data: " + b"e" * 80 + b"\n\n"
+    head = OK + b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def stream(*pieces: bytes) -> Handler:
+        def handle(server: RawServer, sock: socket.socket) -> None:
+            server.read_request(sock)
+            sock.sendall(head + chunked(*pieces))
+            server.read_request(sock)
+
+        return handle
+
+    fine = serve(stream(*[event] * 50))  # 4,400 bytes in all, no line over 100
+    response = http.post(fine.url, data=b"{}", timeout=(5, 5), stream=True)
+    assert b"".join(response.raw.stream()) == event * 50
+    long_line = b"data: " + b"l" * 60
+    over = serve(stream(event, long_line, long_line, b"\n\n"))  # one line cut in two pieces
+    response = http.post(over.url, data=b"{}", timeout=(5, 5), stream=True)
+    with pytest.raises(http1.AnswerTooLarge, match="line over 100 bytes"):
+        b"".join(response.raw.stream())
+    assert response.raw.closed
+
+
 def test_informational_answers_are_skipped(serve, http):
     server = serve(answer_forever(b"HTTP/1.1 100 Continue\r\n\r\n" + json_answer(b"[1]")))
     assert http.post(server.url, data=b"{}", timeout=(5, 5)).json() == [1]
@@ -368,6 +474,28 @@ def test_malformed_answers_raise_request_errors(serve, http, answer, error):
     server = serve(once_then_close)
     with pytest.raises(error):
         http.post(server.url, data=b"{}", timeout=(5, 5))
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (OK + b"X-Big: " + b"b" * 200_000, requests.ConnectionError),  # a head without end
+        (CHUNKED + b"1\r\nx\r\n0\r\nX-Trailer: " + b"t" * 200_000, BROKEN_BODY),
+        (CHUNKED + b"1;" + b"e" * 200_000, BROKEN_BODY),  # a chunk line without end
+    ],
+    ids=["head", "trailers", "chunk-line"],
+)
+def test_endless_heads_chunk_lines_and_trailers_are_refused(serve, http, answer, error):
+    """llhttp keeps no limit of its own on these: the transport's MAX_HEAD is theirs."""
+
+    def send_then_hold(server: RawServer, sock: socket.socket) -> None:
+        server.read_request(sock)
+        sock.sendall(answer)
+        sock.recv(1)  # holds the connection open: only the cap can end the read
+
+    server = serve(send_then_hold)
+    with pytest.raises(error):
+        http.post(server.url, data=b"{}", timeout=(5, 5))  # reads the body (not a stream)
 
 
 def test_header_injection_is_refused_before_anything_is_sent(serve, http):
@@ -614,6 +742,98 @@ def test_no_proxy_hosts_and_plain_http_go_direct(serve, ca, bundle):
     assert proxy.connects == []
     assert tls_server.connections == 1
     assert plain.connections == 1
+
+
+class ForwardProxy(RawServer):
+    """A loopback forward proxy for plain http: it takes absolute-form requests (asking
+    for credentials when it has some), records them, and forwards each to UPSTREAM_NAME's
+    port on 127.0.0.1 in origin form over one upstream connection per client one."""
+
+    def __init__(self, credentials: str | None = None) -> None:
+        self.credentials = credentials
+        super().__init__(self._forward)
+
+    def _forward(self, server: RawServer, client: socket.socket) -> None:
+        upstream = None
+        while (request := self.read_request(client)) is not None:
+            if self.credentials:
+                wanted = "Basic " + base64.b64encode(self.credentials.encode()).decode()
+                if f"Proxy-Authorization: {wanted}\r\n".encode() not in request:
+                    client.sendall(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    continue
+            head, _, body = request.partition(b"\r\n\r\n")
+            line, _, rest = head.partition(b"\r\n")
+            method, target, version = line.split(b" ")
+            prefix = f"http://{UPSTREAM_NAME}:".encode()
+            assert target.startswith(prefix), target
+            port, _, path = target[len(prefix) :].partition(b"/")
+            kept = b"".join(
+                h + b"\r\n"
+                for h in rest.split(b"\r\n")
+                if not h.lower().startswith(b"proxy-authorization:")
+            )
+            if upstream is None:
+                upstream = socket.create_connection(("127.0.0.1", int(port)))
+            upstream.sendall(b"%s /%s %s\r\n%s\r\n%s" % (method, path, version, kept, body))
+            client.sendall(self.read_answer(upstream))
+        if upstream is not None:
+            upstream.close()
+
+    @staticmethod
+    def read_answer(sock: socket.socket) -> bytes:
+        """One Content-Length answer."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+        return head + b"\r\n\r\n" + body
+
+
+def forwarding_session(proxy: ForwardProxy, no_proxy=()) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    adapter = LeanAdapter(http_proxy=f"http://{proxy.credentials or 'x'}@127.0.0.1:{proxy.port}",
+                          no_proxy=no_proxy)
+    session.mount("http://", adapter)
+    return session
+
+
+def test_plain_http_upstreams_go_through_the_http_proxy_in_absolute_form(serve):
+    upstream = serve(answer_forever(json_answer(b'{"via": "forward"}')))
+    proxy = ForwardProxy("corp user:s3cret")
+    with forwarding_session(proxy) as http:
+        for _ in range(2):
+            answer = http.post(via_name(upstream.url), data=b'{"q": 1}', timeout=(5, 5))
+            assert answer.json() == {"via": "forward"}
+        http.post(upstream.url, data=b"{}", timeout=(5, 5))  # localhost: direct
+    proxy.close()
+    assert proxy.connections == 1  # kept alive, like any pooled connection
+    target = f"POST http://{UPSTREAM_NAME}:{upstream.port}/v1/chat/completions HTTP/1.1\r\n"
+    assert all(r.startswith(target.encode()) for r in proxy.requests)
+    assert all(f"Host: {UPSTREAM_NAME}:{upstream.port}\r\n".encode() in r for r in proxy.requests)
+    assert len(proxy.requests) == 2
+    assert all(r.endswith(b'{"q": 1}') for r in upstream.requests[:2])
+    assert all(b"Proxy-Authorization" not in r for r in upstream.requests)
+    assert upstream.connections == 2  # one from the proxy, one direct
+
+
+def test_an_http_proxy_asking_for_credentials_is_a_proxy_error_naming_the_setting(serve):
+    upstream = serve(answer_forever(json_answer(b"{}")))
+    proxy = ForwardProxy("user:right")
+    wrong = ForwardProxy.__new__(ForwardProxy)
+    wrong.credentials, wrong.port = "user:wrong-pass", proxy.port
+    with forwarding_session(wrong) as http:
+        with pytest.raises(requests.exceptions.ProxyError) as caught:
+            http.post(via_name(upstream.url), data=b"{}", timeout=(5, 5))
+    proxy.close()
+    assert "407" in str(caught.value) and "UPSTREAM_HTTP_PROXY" in str(caught.value)
+    assert "wrong-pass" not in str(caught.value)
+    assert upstream.connections == 0
 
 
 @pytest.mark.parametrize(
