@@ -31,6 +31,8 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("ttft p50", "ttft_ms_p50", True),
     ("ttft p95", "ttft_ms_p95", True),
     ("tok/s", "tokens_per_s_avg", True),
+    ("cache hit", "cache_hit_ratio", True),
+    ("cost", "cost", True),
 )
 
 
@@ -68,9 +70,13 @@ def add_usage_command(subparsers: Any) -> None:
     usage.set_defaults(handler=cmd_usage)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    if key == "cost":
+        return f"{value:.4f}"
+    if key == "cache_hit_ratio":
+        return f"{100 * value:.1f}%"
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, int):
@@ -82,7 +88,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], total: Mapping[str, Any] | N
     """Columns aligned with spaces; a TOTAL line under the groups when given."""
     lines = [[heading for heading, _, _ in COLUMNS]]
     body = list(rows) + ([{**total, "group": "TOTAL"}] if total else [])
-    lines += [[_cell(row[key]) for _, key, _ in COLUMNS] for row in body]
+    lines += [[_cell(row[key], key) for _, key, _ in COLUMNS] for row in body]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
 
     def render(line: list[str]) -> str:

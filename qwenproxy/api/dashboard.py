@@ -60,6 +60,11 @@ def _cards(total: Mapping[str, Any], dropped: int) -> str:
         ("latency p50 / p95", f"{_ms(total['latency_ms_p50'])} / {_ms(total['latency_ms_p95'])}"),
         ("TTFT p50 / p95", f"{_ms(total['ttft_ms_p50'])} / {_ms(total['ttft_ms_p95'])}"),
         ("tokens/s (avg)", format_number(total["tokens_per_s_avg"])),
+        (
+            "cache hit ratio",
+            "-" if total["cache_hit_ratio"] is None else f"{100 * total['cache_hit_ratio']:.1f}%",
+        ),
+        ("cost (priced requests)", "-" if total["cost"] is None else f"{total['cost']:.4f}"),
     ]
     if dropped:
         cards.append(("rows dropped (queue full)", format_number(dropped)))

@@ -71,7 +71,8 @@ class Metrics:
         )
         self.tokens = Counter(
             "qwenproxy_tokens",
-            "Tokens reported by upstreams, by backend, model and kind (prompt, completion).",
+            "Tokens reported by upstreams, by backend, model and kind (prompt, completion, "
+            "cached: the part of prompt served from the prompt cache).",
             ("backend", "model", "kind"),
             registry=registry,
         )
@@ -80,6 +81,13 @@ class Metrics:
             "Streams open right now.",
             registry=registry,
             multiprocess_mode="livesum",
+        )
+        self.cost = Counter(
+            "qwenproxy_cost",
+            "What requests cost by the price table, by backend and currency (requests whose "
+            "price is unknown add nothing).",
+            ("backend", "currency"),
+            registry=registry,
         )
         self.token_refreshes = Counter(
             "qwenproxy_token_refreshes",
@@ -119,6 +127,10 @@ class Metrics:
             self._child(self.tokens, backend, model, "prompt").inc(rec.prompt_tokens)
         if rec.completion_tokens:
             self._child(self.tokens, backend, model, "completion").inc(rec.completion_tokens)
+        if rec.cached_tokens:  # the cache hit ratio is cached / prompt
+            self._child(self.tokens, backend, model, "cached").inc(rec.cached_tokens)
+        if rec.cost:
+            self._child(self.cost, backend, rec.currency or "-").inc(rec.cost)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, labels)

@@ -105,16 +105,20 @@ class Database:
                 time.sleep(0.05 * (attempt + 1))
 
     def _add_missing_columns(self) -> None:
-        """Tables made by an older version lack the nullable columns added since: add them
-        (`ALTER TABLE ... ADD COLUMN` changes no existing row on SQLite or PostgreSQL)."""
+        """Tables made by an older version lack the columns added since (nullable ones, or
+        counters with a default): add them (`ALTER TABLE ... ADD COLUMN` rewrites no row on
+        SQLite or PostgreSQL 11+)."""
         inspector = sa.inspect(self.engine)
         preparer = self.engine.dialect.identifier_preparer
         for table in metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
             for column in table.columns:
-                if column.name in present or not column.nullable:
+                default = column.server_default
+                if column.name in present or not (column.nullable or default is not None):
                     continue
                 kind = column.type.compile(dialect=self.engine.dialect)
+                if not column.nullable:  # a counter: existing rows start at its default
+                    kind += f" NOT NULL DEFAULT {default.arg}"  # type: ignore[union-attr]
                 with self.engine.begin() as conn:
                     conn.exec_driver_sql(
                         f"ALTER TABLE {preparer.quote(table.name)} "

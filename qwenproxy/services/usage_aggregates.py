@@ -38,15 +38,19 @@ SUMS = (
     "total_tokens",
     "cached_tokens",
     "tps_n",
+    "cache_write_tokens",
+    "cost_rows",  # rows whose cost is known (the others have no price)
 )
 LATENCY_BINS = tuple(f"lat_{i}" for i in range(BINS))
 TTFT_BINS = tuple(f"ttft_{i}" for i in range(BINS))
 INT_COUNTERS = SUMS + LATENCY_BINS + TTFT_BINS
-COUNTERS = (*INT_COUNTERS, "tps_sum")
+FLOAT_COUNTERS = ("tps_sum", "cost_sum")
+COUNTERS = (*INT_COUNTERS, *FLOAT_COUNTERS)
 N = len(COUNTERS)
 _I = {name: i for i, name in enumerate(COUNTERS)}
-REQUESTS, ERRORS, PROMPT, COMPLETION, TOTAL, CACHED, TPS_N = (_I[name] for name in SUMS)
-LAT0, TTFT0, TPS_SUM = _I["lat_0"], _I["ttft_0"], _I["tps_sum"]
+(REQUESTS, ERRORS, PROMPT, COMPLETION, TOTAL, CACHED, TPS_N, CACHE_WRITE,
+ COST_ROWS) = (_I[name] for name in SUMS)  # fmt: skip
+LAT0, TTFT0, TPS_SUM, COST_SUM = _I["lat_0"], _I["ttft_0"], _I["tps_sum"], _I["cost_sum"]
 
 agg_table = sa.Table(
     "qp_usage_agg",
@@ -56,7 +60,7 @@ agg_table = sa.Table(
     sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("grp", sa.Text, primary_key=True),
     *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in INT_COUNTERS),
-    sa.Column("tps_sum", sa.Float, nullable=False, server_default="0"),
+    *(sa.Column(name, sa.Float, nullable=False, server_default="0") for name in FLOAT_COUNTERS),
 )
 
 # The raw-row columns a delta is made of, in this order (see `Deltas.add`).
@@ -75,6 +79,8 @@ SOURCE_COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "tokens_per_s",
+    "cache_write_tokens",
+    "cost",
 )
 
 
@@ -103,7 +109,7 @@ class Deltas:
     def add(self, row: Sequence[Any]) -> None:
         """Add one row, given as the values of SOURCE_COLUMNS in order."""
         (started, status, backend, upstream, requested, session, key,
-         prompt, completion, total, cached, latency, ttft, tps) = row  # fmt: skip
+         prompt, completion, total, cached, latency, ttft, tps, written, cost) = row  # fmt: skip
         prompt = prompt or 0
         completion = completion or 0
         changes: list[tuple[int, Any]] = [
@@ -118,6 +124,10 @@ class Deltas:
             changes.append((CACHED, cached))
         if tps is not None:
             changes += ((TPS_N, 1), (TPS_SUM, tps))
+        if written:
+            changes.append((CACHE_WRITE, written))
+        if cost is not None:
+            changes += ((COST_ROWS, 1), (COST_SUM, cost))
         if latency is not None:
             changes.append((LAT0 + bin_of(latency), 1))
         if ttft is not None:
@@ -276,7 +286,7 @@ def add_into(total: list[Any], counters: Iterable[Any]) -> None:
 
 
 def empty() -> list[Any]:
-    return [0] * (N - 1) + [0.0]
+    return [0] * len(INT_COUNTERS) + [0.0] * len(FLOAT_COUNTERS)
 
 
 def hist_percentile(counts: Sequence[int], q: float) -> float | None:
@@ -310,7 +320,7 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 def summary(group: str, counters: Sequence[Any]) -> dict[str, Any]:
     """A stats row (requests, errors, tokens, p50/p95 latency and TTFT, mean tokens/s)."""
-    c = [int(v) if i != TPS_SUM else float(v) for i, v in enumerate(counters)]
+    c = [int(v) if i < len(INT_COUNTERS) else float(v) for i, v in enumerate(counters)]
     latency = c[LAT0 : LAT0 + BINS]
     ttft = c[TTFT0 : TTFT0 + BINS]
     return {
@@ -321,6 +331,12 @@ def summary(group: str, counters: Sequence[Any]) -> dict[str, Any]:
         "completion_tokens": c[COMPLETION],
         "total_tokens": c[TOTAL],
         "cached_tokens": c[CACHED],
+        "cache_write_tokens": c[CACHE_WRITE],
+        # cached prompt tokens over all prompt tokens
+        "cache_hit_ratio": round(c[CACHED] / c[PROMPT], 4) if c[PROMPT] else None,
+        # the sum over the rows whose price is known; None when no row had one
+        "cost": round(c[COST_SUM], 6) if c[COST_ROWS] else None,
+        "cost_unknown_requests": c[REQUESTS] - c[COST_ROWS],
         "latency_ms_p50": _round(hist_percentile(latency, 0.50)),
         "latency_ms_p95": _round(hist_percentile(latency, 0.95)),
         "ttft_ms_p50": _round(hist_percentile(ttft, 0.50)),

@@ -82,3 +82,22 @@ def test_a_failed_hot_path_read_is_a_sqlalchemy_error_and_the_pool_stays_usable(
         assert database.fetch_row("SELECT id FROM qp_sessions WHERE id = :id", id="x") is None
     KeyValueTable(database, sessions_table).put_raw("s1", "{}", expected=None)
     assert KeyValueTable(database, sessions_table).get_raw("s1") == "{}"
+
+
+def test_columns_added_since_a_table_was_made_are_added_at_start(tmp_path):
+    import qwenproxy.services.usage_aggregates  # noqa: F401 - registers qp_usage_agg
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # qp_usage_agg as a version without the cost counters made it
+        conn.exec_driver_sql(
+            "CREATE TABLE qp_usage_agg (dim VARCHAR(8), res VARCHAR(1), bucket BIGINT, grp TEXT,"
+            " requests BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (dim, res, bucket, grp))"
+        )
+        conn.exec_driver_sql("INSERT INTO qp_usage_agg VALUES ('all', 'm', 60, '', 5)")
+    engine.dispose()
+    db = Database(url)
+    with db.engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT requests, cost_sum, cost_rows FROM qp_usage_agg").one()
+    db.dispose()
+    assert tuple(row) == (5, 0.0, 0)

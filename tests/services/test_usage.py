@@ -357,6 +357,10 @@ def test_stats_without_grouping_summarise_the_period(known):
         "ttft_ms_p50": near(20.0),
         "ttft_ms_p95": near(20.0),
         "tokens_per_s_avg": 15.0,
+        "cache_write_tokens": 0,
+        "cache_hit_ratio": round(50 / 300, 4),
+        "cost": None,  # no row has a price
+        "cost_unknown_requests": 3,
     }
 
 

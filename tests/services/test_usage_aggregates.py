@@ -89,6 +89,8 @@ def random_records(rng: random.Random, count: int, span_s: float) -> list[UsageR
                 prompt_tokens=None if failed else rng.randint(10, 200000),
                 completion_tokens=None if failed else rng.randint(1, 8000),
                 cached_tokens=rng.choice([None, 0, 1024]),
+                cache_write_tokens=rng.choice([None, 0, 900]),
+                cost=None if failed or rng.random() < 0.2 else rng.uniform(0, 0.05),
                 latency_ms=rng.lognormvariate(7, 1),
                 ttft_ms=rng.lognormvariate(5, 1) if stream and not failed else None,
                 tokens_per_s=None if failed else rng.uniform(5, 200),
@@ -128,6 +130,8 @@ def oracle(records, since_s, group_by):
             "completion_tokens": sum(r.completion_tokens or 0 for r in rows),
             "total_tokens": sum((r.prompt_tokens or 0) + (r.completion_tokens or 0) for r in rows),
             "cached_tokens": sum(r.cached_tokens or 0 for r in rows),
+            "cache_write_tokens": sum(r.cache_write_tokens or 0 for r in rows),
+            "cost_unknown_requests": sum(r.cost is None for r in rows),
             "latency_ms_p50": exact_percentile(latencies, 0.5),
             "latency_ms_p95": exact_percentile(latencies, 0.95),
             "ttft_ms_p50": exact_percentile(ttfts, 0.5) if ttfts else None,
@@ -153,12 +157,18 @@ def test_stats_from_the_aggregates_match_the_raw_rows(database, group_by):
         assert ledger.flush(timeout=30)
         for since_s in (50 * 60, 7 * HOUR + 11, 3 * DAY, 30 * DAY):
             expected = oracle(records, since_s, group_by)
+            lo, hi = agg.window(NOW, since_s)
+            rows_of: dict[str, list[UsageRecord]] = {}
+            for r in records:
+                if lo <= r.started_at < hi:
+                    rows_of.setdefault(GROUP_KEY[group_by](r), []).append(r)
             got = {row["group"]: row for row in ledger.stats(since_s, group_by)}
             assert set(got) == set(expected) or (not expected and got["all"]["requests"] == 0)
             for name, want in expected.items():
                 row = got[name]
                 for field in ("requests", "errors", "prompt_tokens", "completion_tokens",
-                              "total_tokens", "cached_tokens"):  # fmt: skip
+                              "total_tokens", "cached_tokens", "cache_write_tokens",
+                              "cost_unknown_requests"):  # fmt: skip
                     assert row[field] == want[field], (since_s, name, field)
                 for field in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50", "ttft_ms_p95"):
                     if want[field] is None:
@@ -168,6 +178,8 @@ def test_stats_from_the_aggregates_match_the_raw_rows(database, group_by):
                             want[field] * agg.PERCENTILE_ERROR + 0.05
                         ), (since_s, name, field)
                 assert row["tokens_per_s_avg"] == pytest.approx(want["tokens_per_s_avg"], abs=0.05)
+                priced = [r.cost for r in rows_of[name] if r.cost is not None]
+                assert row["cost"] == (pytest.approx(sum(priced), abs=1e-6) if priced else None)
     finally:
         ledger.close()
 
