@@ -7,7 +7,6 @@ kept. Nothing here runs on the request path.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.services import usage_aggregates as agg
+from qwenproxy.services.background import BackgroundLoop
 from qwenproxy.services.store import Database, describe_db_error, metadata
 
 log = logging.getLogger(__name__)
@@ -76,27 +76,13 @@ class LedgerUpkeep:
         self._clock = clock
         self._interval_s = interval_s
         self._owner = uuid.uuid4().hex
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop_runner = BackgroundLoop("qwenproxy-ledger-upkeep")
 
     # --- state -----------------------------------------------------------------------------
 
-    def _run(self, work: Callable[[Any], Any]) -> Any:
-        return self._db.offload(work)
-
     def _fetch_one(self, sql: str, **params: Any) -> Any:
-        statement = self._db.sql(sql)
-
-        def work(conn: Any) -> Any:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(statement, params)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-            return None if row is None else row[0]
-
-        return self._run(work)
+        rows = self._db.query(sql, params)
+        return rows[0][0] if rows else None
 
     def _load(self) -> tuple[str | None, dict[str, Any]]:
         raw = self._fetch_one(_STATE_SQL, name=STATE)
@@ -138,7 +124,7 @@ class LedgerUpkeep:
                 cursor.close()
 
         try:
-            self._run(insert)
+            self._db.offload(insert)
         except sa.exc.IntegrityError:
             _, state = self._load()
         return state
@@ -184,17 +170,7 @@ class LedgerUpkeep:
         return not finished
 
     def _chunk(self, cursor: float, end: float) -> list[tuple[Any, ...]]:
-        statement = self._db.sql(_CHUNK_SQL)
-
-        def work(conn: Any) -> list[tuple[Any, ...]]:
-            cur = conn.cursor()
-            try:
-                cur.execute(statement, {"cursor": cursor, "end": end})
-                return cur.fetchall()
-            finally:
-                cur.close()
-
-        return self._run(work)
+        return self._db.query(_CHUNK_SQL, {"cursor": cursor, "end": end})
 
     def _commit_chunk(
         self, old: str | None, state: dict[str, Any], buckets: list[tuple[Any, ...]]
@@ -216,7 +192,7 @@ class LedgerUpkeep:
             finally:
                 cursor.close()
 
-        return self._run(work)
+        return self._db.offload(work)
 
     # --- retention ------------------------------------------------------------------------
 
@@ -252,43 +228,23 @@ class LedgerUpkeep:
         return deleted
 
     def _execute(self, sql: str, **params: Any) -> int:
-        statement = self._db.sql(sql)
-
-        def work(conn: Any) -> int:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(statement, params)
-                count = cursor.rowcount
-            finally:
-                cursor.close()
-            conn.commit()
-            return count
-
-        return self._run(work)
+        return self._db.execute(sql, params)
 
     # --- the background loop ----------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._loop, name="qwenproxy-ledger-upkeep", daemon=True
-        )
-        self._thread.start()
+        self._loop_runner.start(self._loop)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop_runner.stop(timeout)
 
     def _loop(self) -> None:
-        while not self._stopping.is_set():
+        stopping = self._loop_runner.stopping
+        while not stopping.is_set():
             try:
-                while self.backfill_step() and not self._stopping.is_set():
-                    self._stopping.wait(0.01)
+                while self.backfill_step() and not stopping.is_set():
+                    stopping.wait(0.01)
                 self.expire()
             except Exception as exc:  # the loop outlives a database that is away
                 log.warning("usage ledger upkeep: %s", describe_db_error(exc))
-            self._stopping.wait(self._interval_s)
+            stopping.wait(self._interval_s)

@@ -21,7 +21,6 @@ tried again after RETRY_SECONDS.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import orjson
 import requests
 import sqlalchemy as sa
 
+from qwenproxy.services.background import BackgroundLoop
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.store import Database, describe_db_error, metadata
 
@@ -144,8 +144,7 @@ class ModelListRefresher:
         self.interval = interval
         self._clock = clock
         self._fetch = fetch
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("qwenproxy-model-lists")
 
     # --- the cache ---------------------------------------------------------------------
 
@@ -265,24 +264,15 @@ class ModelListRefresher:
     def start(self) -> None:
         if self.interval <= 0 or not self.sources:
             return
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._run, name="qwenproxy-model-lists", daemon=True
-        )
-        self._thread.start()
+        self._loop.start(self._run)
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        while not self._loop.stopping.is_set():
             self.run_once()
-            self._stopping.wait(min(self.interval, CHECK_SECONDS))
+            self._loop.stopping.wait(min(self.interval, CHECK_SECONDS))
 
 
 def model_list_sources(specs: list[Any]) -> list[ModelListSource]:

@@ -9,7 +9,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,6 +168,37 @@ class Database:
         conn.rollback()  # a read's implicit transaction ends here; writes were committed
         self._side.append(conn)
         return result
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """The rows of one read (`:name` placeholders), through `offload`."""
+        statement = self._driver_sql(sql)
+
+        def work(conn: Any) -> list[tuple[Any, ...]]:
+            cursor = conn.cursor()
+            try:
+                self.limit_statement_time(cursor)
+                cursor.execute(statement, dict(params or {}))
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+
+        return self.offload(work)
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        """One write, committed, through `offload`; the rows it touched."""
+        statement = self._driver_sql(sql)
+
+        def work(conn: Any) -> int:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(statement, dict(params or {}))
+                count = cursor.rowcount
+            finally:
+                cursor.close()
+            conn.commit()
+            return count
+
+        return self.offload(work)
 
     def sql(self, text: str) -> str:
         """`text` with `:name` placeholders in the driver's own style."""

@@ -21,6 +21,7 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.services import usage_aggregates as agg
+from qwenproxy.services.background import BackgroundLoop
 from qwenproxy.services.prompt_cache import cache_counts
 from qwenproxy.services.store import Database, database_errors, describe_db_error, metadata
 from qwenproxy.services.usage_stats import GROUP_BY, bucket_width, utc_day
@@ -214,8 +215,7 @@ class UsageLedger:
         self._queue_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._writer = BackgroundLoop("qwenproxy-usage-writer")
         self._dropped = 0
         self._dropped_reported = 0
         self._drop_warned_at: float | None = None
@@ -262,13 +262,7 @@ class UsageLedger:
 
     def start(self) -> None:
         """Start the background writer (a greenlet under gevent's patched threading)."""
-        if self._thread is not None and self._thread.is_alive():
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=self._run, name="qwenproxy-usage-writer", daemon=True
-        )
-        self._thread.start()
+        self._writer.start(self._run)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write every queued row now; True when the queue is empty afterwards."""
@@ -283,21 +277,18 @@ class UsageLedger:
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the writer and write what is still queued."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._writer.stop(timeout, wake=self._wake.set)
         self.flush(timeout)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        stopping = self._writer.stopping
+        while not stopping.is_set():
             # Idle until a row arrives (Event.wait yields to other greenlets under gevent),
             # then let a batch gather for up to flush_interval before writing it.
             self._wake.wait()
             self._wake.clear()
-            if not self._stopping.is_set():
-                self._stopping.wait(self._flush_interval)
+            if not stopping.is_set():
+                stopping.wait(self._flush_interval)
             try:
                 with self._write_lock:
                     self._drain(None)
@@ -371,28 +362,10 @@ class UsageLedger:
 
     # --- queries -------------------------------------------------------------------------
 
-    def _read(self, work: Callable[[Any], Any]) -> Any:
-        """Run a read on the database without holding the hub (see Database.offload)."""
-
-        def bounded(conn: Any) -> Any:
-            cursor = conn.cursor()
-            try:
-                self._db.limit_statement_time(cursor)
-                return work(cursor)
-            finally:
-                cursor.close()
-
-        with database_errors("reading the usage ledger", code="usage_database_unavailable"):
-            return self._db.offload(bounded)
-
     def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        statement = self._db.sql(sql)
-
-        def work(cursor: Any) -> list[tuple[Any, ...]]:
-            cursor.execute(statement, dict(params))
-            return cursor.fetchall()
-
-        return self._read(work)
+        """A read of the ledger, off the hub (Database.query), bounded in time."""
+        with database_errors("reading the usage ledger", code="usage_database_unavailable"):
+            return self._db.query(sql, params)
 
     def _cached(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
         """`compute()`, shared by identical reads within READ_CACHE_S (and waited for by

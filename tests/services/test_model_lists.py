@@ -3,6 +3,8 @@ and by one worker at a time, merged under the tables; a failure changes nothing.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import requests
 
@@ -140,4 +142,4 @@ def test_fetch_failure_raises(fake):
 def test_refresh_off_starts_nothing(database):
     worker = refresher(database, Lists(OPENROUTER_LIST), Clock(), interval=0)
     worker.start()
-    assert worker._thread is None
+    assert not any(t.name == "qwenproxy-model-lists" for t in threading.enumerate())
