@@ -181,6 +181,19 @@ def chat_wait(proxy: ProxyProcess) -> tuple[float, float]:
     return alone, during
 
 
+def settled_rss(pid: int, timeout: float = 30.0) -> int:
+    """The worker's RSS once two readings a second apart agree within 256 KB."""
+    deadline = time.monotonic() + timeout
+    last = rss_kb(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = rss_kb(pid)
+        if abs(now - last) < 256:
+            return now
+        last = now
+    return last
+
+
 def measure(url: str, rows: int, workdir: Path) -> dict[str, object]:
     now = time.time()
     started = time.perf_counter()
@@ -191,8 +204,8 @@ def measure(url: str, rows: int, workdir: Path) -> dict[str, object]:
     fake = FakeProcess(workdir, chunks=5, chunk_delay=0.0)
     proxy = ProxyProcess(workdir / "proxy", fake, extra_env={"DATABASE_URL": url})
     try:
-        get(proxy.url, "/usage/stats")  # warm up
-        rss_before = rss_kb(proxy.worker_pid)
+        reads(proxy, 1)  # warm up, then let the worker finish its start-up work (the
+        rss_before = settled_rss(proxy.worker_pid)  # tokenizer loads in the background)
         timings = reads(proxy, 5)
         rss_growth = (rss_kb(proxy.worker_pid) - rss_before) / 1024
         alone, during = chat_wait(proxy)
