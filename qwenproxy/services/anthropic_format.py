@@ -5,7 +5,6 @@ in Anthropic's shape, and a token estimate."""
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,8 +51,6 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-IMAGE_TOKENS = 1600  # what Anthropic bills a large image; count_tokens counts each so
-CHARS_PER_TOKEN = 4
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -508,47 +505,3 @@ def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[st
         "stop_sequence": sequence,
         "usage": usage_of(completion.get("usage")),
     }
-
-
-# --- count_tokens ---------------------------------------------------------------------
-
-
-def estimate_input_tokens(body: dict[str, Any]) -> int:
-    """An estimate, not a tokenizer: characters / 4 over the text of `system`, `messages`
-    and the tool definitions, plus a flat 1600 per image or binary document."""
-    if not isinstance(body.get("messages"), list):
-        raise InvalidRequestError("`messages` must be a list", param="messages")
-    counter = _CharCounter()
-    counter.walk(body.get("system"))
-    counter.walk(body["messages"])
-    tools = body.get("tools")
-    if tools:
-        counter.chars += len(orjson.dumps(tools))
-    return max(1, math.ceil(counter.chars / CHARS_PER_TOKEN) + counter.binaries * IMAGE_TOKENS)
-
-
-class _CharCounter:
-    SKIPPED_KEYS = frozenset({"type", "role", "cache_control", "id", "tool_use_id", "media_type"})
-
-    def __init__(self) -> None:
-        self.chars = 0
-        self.binaries = 0
-
-    def walk(self, value: Any) -> None:
-        if isinstance(value, str):
-            self.chars += len(value)
-        elif isinstance(value, list):
-            for item in value:
-                self.walk(item)
-        elif isinstance(value, dict):
-            source = value.get("source")
-            if isinstance(source, dict) and source.get("type") in ("base64", "url", "file"):
-                self.binaries += 1
-                return
-            for key, item in value.items():
-                if key in self.SKIPPED_KEYS:
-                    continue
-                if key == "input" and not isinstance(item, str):
-                    self.chars += len(orjson.dumps(item))
-                else:
-                    self.walk(item)

@@ -10,7 +10,6 @@ from qwenproxy.errors import InvalidRequestError, RateLimitError, ServiceUnavail
 from qwenproxy.services.anthropic_format import (
     AnthropicRequest,
     error_body_for,
-    estimate_input_tokens,
     to_chat_request,
     to_message,
 )
@@ -589,26 +588,6 @@ def test_ping_and_error_events():
     [(name, payload)] = events(stream.error({"message": "boom", "type": "upstream_error"}))
     assert name == "error"
     assert payload == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
-
-
-def test_count_tokens_is_a_character_estimate():
-    body = {
-        "system": "x" * 400,
-        "messages": [
-            {"role": "user", "content": "y" * 400},
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "image",
-                        "source": {"type": "base64", "media_type": "i", "data": "z" * 10000},
-                    }
-                ],
-            },
-        ],
-    }
-    assert estimate_input_tokens(body) == 200 + 1600
-    assert estimate_input_tokens({"messages": [{"role": "user", "content": "hi"}]}) == 1
 
 
 # --- cache_control markers --------------------------------------------------------------
