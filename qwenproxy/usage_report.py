@@ -147,7 +147,7 @@ def cmd_usage(config: Config, args: argparse.Namespace) -> int:
 
 def export_rows(rows: Iterable[Mapping[str, Any]], fmt: str, out: TextIO) -> int:
     """Write rows as CSV (a header line, then one line a row) or JSON lines, as they come."""
-    from qwenproxy.services.usage import RECORD_FIELDS
+    from qwenproxy.services.usage_records import RECORD_FIELDS
 
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS, lineterminator="\n")

@@ -19,7 +19,7 @@ from prometheus_client import (
     values,
 )
 
-from qwenproxy.services.usage import UsageRecord
+from qwenproxy.services.usage_records import UsageRecord
 from qwenproxy.serving import metrics_dir
 
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)

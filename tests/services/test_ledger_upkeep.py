@@ -7,8 +7,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
-from qwenproxy.services.usage import UsageLedger, UsageRecord, usage_table
+from qwenproxy.services.usage import UsageLedger
 from qwenproxy.services.usage_aggregates import agg_table
+from qwenproxy.services.usage_records import UsageRecord, usage_table
 
 DAY = 86400
 NOW = 1767225600.0 + 40 * DAY

@@ -23,7 +23,7 @@ from prometheus_client import multiprocess
 from qwenproxy.config import Config
 from qwenproxy.services.metrics import Metrics, build_metrics, multiprocess_mode
 from qwenproxy.services.store import Database, default_database_url
-from qwenproxy.services.usage import UsageRecord, usage_table
+from qwenproxy.services.usage_records import UsageRecord, usage_table
 from qwenproxy.serving import (
     PROMETHEUS_MULTIPROC_ENV,
     gunicorn_settings,

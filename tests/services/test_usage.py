@@ -15,14 +15,9 @@ import sqlalchemy as sa
 from qwenproxy.errors import ServiceUnavailableError
 from qwenproxy.logs import SecretFilter
 from qwenproxy.services.store import Database
-from qwenproxy.services.usage import (
-    NullLedger,
-    UsageLedger,
-    UsageRecord,
-    tokens_per_second,
-    usage_table,
-)
+from qwenproxy.services.usage import NullLedger, UsageLedger
 from qwenproxy.services.usage_aggregates import PERCENTILE_ERROR, agg_table
+from qwenproxy.services.usage_records import UsageRecord, tokens_per_second, usage_table
 from qwenproxy.services.usage_stats import GROUP_BY
 
 NOW = 1767225600.0  # 2026-01-01T00:00:00Z
