@@ -244,8 +244,8 @@ class UsageLedger:
             self._cache[key] = (time.monotonic() + self._read_cache_s, generation, value)
             return value
 
-    def _groups(self, dim: str, parts: list[Any], limit: int) -> list[dict[str, Any]]:
-        sql, params = agg.grouped_sql(parts)
+    def _groups(self, dim: str, lo: int, hi: int, limit: int) -> list[dict[str, Any]]:
+        sql, params = agg.grouped_sql(agg.parts_for(dim, lo, hi))
         rows = self._fetch(sql, {**params, "dim": dim, "limit": limit})
         return [agg.summary(row[0] if dim != "all" else "all", row[1:]) for row in rows]
 
@@ -255,20 +255,21 @@ class UsageLedger:
 
     def stats(self, since_s: float, group_by: str | None = None) -> list[dict[str, Any]]:
         """One summary per group of the last `since_s` seconds (whole minutes, see
-        usage_aggregates.window); `group_by` is None (one "all" row) or one of GROUP_BY
-        (`day` is the UTC date). At most MAX_GROUPS groups, the busiest first."""
+        usage_aggregates.window; whole hours by session and key); `group_by` is None (one
+        "all" row) or one of GROUP_BY (`day` is the UTC date). At most MAX_GROUPS groups,
+        the busiest first."""
         if group_by is not None and group_by not in GROUP_BY:
             raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
         return self._cached(("stats", since_s, group_by), lambda: self._stats(since_s, group_by))
 
     def _stats(self, since_s: float, group_by: str | None) -> list[dict[str, Any]]:
-        parts = agg.cover(*agg.window(self._clock(), since_s))
+        lo, hi = agg.window(self._clock(), since_s)
         if group_by is None:
-            return self._groups("all", parts, 1) or [agg.summary("all", agg.empty())]
+            return self._groups("all", lo, hi, 1) or [agg.summary("all", agg.empty())]
         if group_by != "day":
-            return self._groups(agg.DIM_OF_GROUP[group_by], parts, MAX_GROUPS)
+            return self._groups(agg.DIM_OF_GROUP[group_by], lo, hi, MAX_GROUPS)
         days: dict[str, list[Any]] = {}
-        for row in self._buckets(parts):
+        for row in self._buckets(agg.cover(lo, hi)):
             agg.add_into(days.setdefault(utc_day(row[0]), agg.empty()), row[1:])
         return [agg.summary(day, counters) for day, counters in sorted(days.items())]
 
@@ -310,7 +311,6 @@ class UsageLedger:
             }
             for i, point in enumerate(points)
         ]
-        parts = agg.cover(lo, hi)
         return {
             "enabled": True,
             "since_s": since_s,
@@ -318,8 +318,8 @@ class UsageLedger:
             "bucket_s": width,
             "total": agg.summary("all", total),
             "series": series,
-            "by_model": self._groups("model", parts, DASHBOARD_GROUPS),
-            "by_backend": self._groups("backend", parts, DASHBOARD_GROUPS),
+            "by_model": self._groups("model", lo, hi, DASHBOARD_GROUPS),
+            "by_backend": self._groups("backend", lo, hi, DASHBOARD_GROUPS),
             "recent": self.recent(recent),
             "dropped": self._dropped,
         }

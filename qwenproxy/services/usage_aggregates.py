@@ -19,6 +19,9 @@ from qwenproxy.services.store import metadata
 RESOLUTIONS: tuple[tuple[str, int], ...] = (("m", 60), ("h", 3600), ("d", 86400))
 WIDTH = dict(RESOLUTIONS)
 DIMS = ("all", "model", "backend", "session", "key")
+# Sessions and client keys are many: they get no minute buckets (per minute they would be
+# about one bucket per request), so their windows start and end on whole hours.
+HOURLY_DIMS = frozenset({"session", "key"})
 # The stats groups that map onto a dimension (`day` is read from the `all` series).
 DIM_OF_GROUP = {"model": "model", "backend": "backend", "session": "session", "key": "key"}
 
@@ -59,7 +62,12 @@ agg_table = sa.Table(
     sa.Column("res", sa.String(1), primary_key=True),
     sa.Column("bucket", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("grp", sa.Text, primary_key=True),
-    *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in INT_COUNTERS),
+    *(sa.Column(name, sa.BigInteger, nullable=False, server_default="0") for name in SUMS),
+    # a bin counts requests of one bucket: 4 bytes are plenty (PostgreSQL stores them fixed)
+    *(
+        sa.Column(name, sa.Integer, nullable=False, server_default="0")
+        for name in LATENCY_BINS + TTFT_BINS
+    ),
     *(sa.Column(name, sa.Float, nullable=False, server_default="0") for name in FLOAT_COUNTERS),
 )
 
@@ -154,6 +162,8 @@ class Deltas:
         merged: dict[tuple[str, str, int, str], dict[int, Any]] = {}
         for (dim, minute, group), counters in self._minute.items():
             for res, width in RESOLUTIONS:
+                if res == "m" and dim in HOURLY_DIMS:
+                    continue
                 slot = (dim, res, minute - minute % width, group)
                 into = merged.get(slot)
                 if into is None:
@@ -236,6 +246,13 @@ def cover(lo: int, hi: int, levels: Sequence[tuple[str, int]] = RESOLUTIONS) -> 
     if first >= end:
         return cover(lo, hi, finer)
     return [(res, first, end), *cover(lo, first, finer), *cover(end, hi, finer)]
+
+
+def parts_for(dim: str, lo: int, hi: int) -> list[Any]:
+    """The bucket ranges that cover [lo, hi) in `dim`: whole hours for HOURLY_DIMS."""
+    if dim not in HOURLY_DIMS:
+        return cover(lo, hi)
+    return cover(lo // 3600 * 3600, -(-hi // 3600) * 3600, RESOLUTIONS[1:])
 
 
 def ranged_rows(

@@ -111,9 +111,17 @@ GROUP_KEY = {
 }
 
 
-def oracle(records, since_s, group_by):
-    """Stats computed here from the raw records, over the same whole-minute window."""
+def bounds(since_s, group_by):
+    """The window the ledger documents: whole minutes, or whole hours by session and key."""
     lo, hi = agg.window(NOW, since_s)
+    if group_by in ("session", "key"):
+        lo, hi = lo // HOUR * HOUR, -(-hi // HOUR) * HOUR
+    return lo, hi
+
+
+def oracle(records, since_s, group_by):
+    """Stats computed here from the raw records, over the same window."""
+    lo, hi = bounds(since_s, group_by)
     inside = [r for r in records if lo <= r.started_at < hi]
     groups: dict[str, list[UsageRecord]] = {}
     for r in inside:
@@ -157,7 +165,7 @@ def test_stats_from_the_aggregates_match_the_raw_rows(database, group_by):
         assert ledger.flush(timeout=30)
         for since_s in (50 * 60, 7 * HOUR + 11, 3 * DAY, 30 * DAY):
             expected = oracle(records, since_s, group_by)
-            lo, hi = agg.window(NOW, since_s)
+            lo, hi = bounds(since_s, group_by)
             rows_of: dict[str, list[UsageRecord]] = {}
             for r in records:
                 if lo <= r.started_at < hi:
@@ -200,3 +208,11 @@ def test_overview_totals_equal_stats_and_the_series_adds_up(database):
             assert sum(g["requests"] for g in overview["by_backend"]) == total["requests"]
     finally:
         ledger.close()
+
+
+def test_sessions_and_keys_get_hour_buckets_but_no_minute_buckets():
+    deltas = agg.Deltas()
+    deltas.add((NOW, 200, "b", "m", "", "s1", "k1", 1, 1, None, None, 10.0, None, None, None, None))
+    kinds = {(row[0], row[1]) for row in deltas.rows()}
+    assert ("session", "m") not in kinds and ("key", "m") not in kinds
+    assert {("session", "h"), ("session", "d"), ("key", "h"), ("all", "m"), ("model", "m")} <= kinds
