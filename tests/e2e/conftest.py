@@ -3,12 +3,23 @@ sockets would surface as ResourceWarnings, which the suite treats as errors)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import openai
 import pytest
 
 _open_clients: list[openai.OpenAI] = []
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
 
 
 def openai_client(proxy, key: str = "x", **options) -> openai.OpenAI:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from qwenproxy.services.store import Database
 from tests.conftest import ROOT, ProxyProcess
 from tests.databases import database_url_for
-from tests.e2e.conftest import openai_client
+from tests.e2e.conftest import openai_client, wait_for
 from tests.fake_upstream import reply_error, reply_hang
 
 pytestmark = pytest.mark.e2e
@@ -69,15 +69,6 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
 # --- the Procfile -------------------------------------------------------------------------
 
 
@@ -85,7 +76,7 @@ def test_the_procfile_web_command_listens_on_all_addresses_of_port(start_proxy, 
     proxy = start_procfile(start_proxy, tmp_path, WEB_CONCURRENCY="2", PROXY_API_KEY="k1")
     assert requests.get(proxy.url + "/health", timeout=5).json() == {"status": "ok"}
     assert listening_addresses(proxy.port) == {"00000000"}  # 0.0.0.0, no loopback-only bind
-    assert wait_for(lambda: proxy.output().count("Booting worker") == 2)
+    assert wait_for(lambda: proxy.output().count("Booting worker") == 2, timeout=10.0)
     assert f"Listening at: http://0.0.0.0:{proxy.port}" in proxy.output()
     answer = openai_client(proxy, "k1").chat.completions.create(model="m", messages=USER)
     assert answer.choices[0].message.content == "Hello from fake"
@@ -99,7 +90,7 @@ def test_serve_keeps_its_loopback_default(start_proxy, fake, tmp_path):
 
 def test_platform_warnings_appear_once_per_start_not_per_worker(start_proxy, fake, tmp_path):
     proxy = start_procfile(start_proxy, tmp_path, WEB_CONCURRENCY="3", DYNO="web.1")
-    assert wait_for(lambda: proxy.output().count("Booting worker") == 3)
+    assert wait_for(lambda: proxy.output().count("Booting worker") == 3, timeout=10.0)
     log = proxy.output()
     assert log.count("without PROXY_API_KEY") == 1
     assert "every client that is not on this machine gets 403" in log
@@ -146,7 +137,7 @@ def test_a_postgres_url_from_a_platform_serves_sessions_and_the_ledger(
             with db.engine.connect() as conn:
                 return conn.execute(sa.text("SELECT count(*) FROM qp_usage")).scalar_one()
 
-        assert wait_for(lambda: ledger_rows() == 2)
+        assert wait_for(lambda: ledger_rows() == 2, timeout=10.0)
     finally:
         db.dispose()
     rows = requests.get(proxy.url + "/usage/recent", timeout=5).json()["data"]
@@ -227,7 +218,7 @@ def test_a_failure_after_the_keepalive_started_is_a_json_error_body(start_proxy,
     body = json.loads(raw)
     assert status == 200 and body["type"] == "error" and body["error"]["type"] == "api_error"
     # the ledger keeps what really happened
-    assert wait_for(lambda: [r["status"] for r in recorded(proxy)] == [502, 502])
+    assert wait_for(lambda: [r["status"] for r in recorded(proxy)] == [502, 502], timeout=10.0)
     assert {r["error_code"] for r in recorded(proxy)} == {"upstream_error"}
 
 
@@ -259,5 +250,5 @@ def test_a_client_leaving_during_the_keepalive_ends_the_request(start_proxy, fak
             received += data
         assert received.startswith(b"HTTP/1.1 200")
     left = time.monotonic()
-    assert wait_for(lambda: [r["status"] for r in recorded(proxy)] == [499])
+    assert wait_for(lambda: [r["status"] for r in recorded(proxy)] == [499], timeout=10.0)
     assert time.monotonic() - left < 4  # noticed within about a second, not after 30 s

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import write_creds
-from tests.e2e.conftest import openai_client
+from tests.e2e.conftest import openai_client, wait_for
 from tests.fake_upstream import chunk, reply_endless_stream, reply_hang, reply_stream
 
 pytestmark = pytest.mark.e2e
@@ -41,15 +41,6 @@ def worker_pid(master_pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(predicate, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def raw_stream_request(port: int, read_bytes: int) -> None:
