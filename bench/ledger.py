@@ -230,11 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,10000000")
     parser.add_argument("--pg", help="PostgreSQL URL (its qp_* tables are emptied)")
     parser.add_argument("--sqlite-only", action="store_true")
+    parser.add_argument("--pg-only", action="store_true", help="with --pg: skip SQLite")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        databases = [("sqlite", f"sqlite:///{Path(tmp) / 'ledger.db'}")]
+        databases = (
+            [] if args.pg and args.pg_only else [("sqlite", f"sqlite:///{Path(tmp) / 'ledger.db'}")]
+        )
         if args.pg and not args.sqlite_only:
             databases.append(("postgresql", args.pg))
         for kind, url in databases:
