@@ -30,11 +30,13 @@ import hashlib
 import logging
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
+
+from qwenproxy.services.background import run_off_hub, start_in_background
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +76,6 @@ TOOLS_TAIL = (
     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
 )
 
-T = TypeVar("T")
-
-
-def run_off_hub(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` in gevent's native thread pool when called from a greenlet of a
-    gevent-patched process (the hub keeps serving meanwhile), else directly."""
-    if not _gevent_patched():
-        return fn(*args)
-    import gevent
-
-    return gevent.get_hub().threadpool.apply(fn, args)
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(monkey.is_module_patched("threading"))
-
-
 def _real_lock() -> Any:
     """A lock of the OS threads (gevent's patched one would be wrong here: the code that
     takes it runs in real threads, the thread pool's or warm_up's)."""
@@ -104,17 +85,6 @@ def _real_lock() -> Any:
         return get_original("_thread", "allocate_lock")()
     except ImportError:  # pragma: no cover
         return threading.Lock()
-
-
-def start_in_background(target: Callable[[], None]) -> None:
-    """Run `target` in a real OS thread: gevent's thread pool in a patched process (the
-    hub keeps running), a daemon thread otherwise."""
-    if _gevent_patched():
-        import gevent
-
-        gevent.get_hub().threadpool.spawn(target)
-    else:
-        threading.Thread(target=target, name="qwenproxy-vocab", daemon=True).start()
 
 
 def _split_long(text: str) -> Iterable[str]:
@@ -189,7 +159,7 @@ class QwenTokenizer:
             except Exception:
                 log.exception("loading Qwen's vocabulary failed")
 
-        start_in_background(load)
+        start_in_background(load, "qwenproxy-vocab")
 
     def count(self, text: str) -> int:
         if not text:

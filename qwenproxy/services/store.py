@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from qwenproxy.errors import ServiceUnavailableError
+from qwenproxy.services.background import run_off_hub
 
 log = logging.getLogger(__name__)
 metadata = sa.MetaData()
@@ -144,7 +145,7 @@ class Database:
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             if self.is_sqlite:
-                return _off_hub(lambda: self._on_side_connection(work))
+                return run_off_hub(self._on_side_connection, work)
             conn = self.engine.raw_connection()
             try:
                 return work(conn)
@@ -176,7 +177,7 @@ class Database:
         def work(conn: Any) -> list[tuple[Any, ...]]:
             cursor = conn.cursor()
             try:
-                self.limit_statement_time(cursor)
+                self._limit_statement_time(cursor)
                 cursor.execute(statement, dict(params or {}))
                 return cursor.fetchall()
             finally:
@@ -204,7 +205,7 @@ class Database:
         """`text` with `:name` placeholders in the driver's own style."""
         return self._driver_sql(text)
 
-    def limit_statement_time(self, cursor: Any) -> None:
+    def _limit_statement_time(self, cursor: Any) -> None:
         """Let PostgreSQL cancel a runaway read of this transaction (SQLite has no timer)."""
         if not self.is_sqlite:
             cursor.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
@@ -256,18 +257,6 @@ class Database:
             cached = sql if self.is_sqlite else re.sub(r":(\w+)", r"%(\1)s", sql)
             self._sql_cache[sql] = cached
         return cached
-
-
-def _off_hub(call: Callable[[], T]) -> T:
-    """`call()` in gevent's native thread pool when gevent has patched threading (gunicorn's
-    gevent worker), else here."""
-    try:
-        from gevent import get_hub, monkey
-    except ImportError:  # pragma: no cover - gevent is a requirement
-        return call()
-    if not monkey.is_module_patched("threading"):
-        return call()
-    return get_hub().threadpool.apply(call)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
