@@ -112,19 +112,8 @@ class LedgerUpkeep:
             total = int(self._fetch_one(_COUNT_OLD_SQL) or 0)
             state = {"state": "building", "cursor": -FAR, "done": 0, "total": total}
             log.info("usage ledger: building the aggregates from %d earlier row(s)", total)
-        value = orjson.dumps(state).decode()
-        statement = self._db.sql(_INSERT_STATE_SQL)
-
-        def insert(conn: Any) -> None:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(statement, {"name": STATE, "value": value})
-                conn.commit()
-            finally:
-                cursor.close()
-
         try:
-            self._db.offload(insert)
+            self._execute(_INSERT_STATE_SQL, name=STATE, value=orjson.dumps(state).decode())
         except sa.exc.IntegrityError:
             _, state = self._load()
         return state

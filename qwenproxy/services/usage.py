@@ -230,13 +230,20 @@ class UsageLedger:
         """`compute()`, shared by identical reads within READ_CACHE_S (and waited for by
         the ones that arrive while it runs): however many dashboards refresh, each window
         costs one read of the aggregates. `flush()` makes the next reads fresh."""
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic() and hit[1] == self._generation:
+
+        def fresh() -> tuple[float, int, Any] | None:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] > time.monotonic() and hit[1] == self._generation:
+                return hit
+            return None
+
+        hit = fresh()
+        if hit is not None:
             return hit[2]
         lock = self._read_locks.setdefault(key, threading.Lock())
         with lock:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] > time.monotonic() and hit[1] == self._generation:
+            hit = fresh()  # the read that held the lock may have filled it
+            if hit is not None:
                 return hit[2]
             generation = self._generation
             value = compute()
