@@ -154,7 +154,7 @@ def cmd_doctor(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_auth_login(config: Config, args: argparse.Namespace) -> int:
     from qwenproxy.services.container import make_http_session
-    from qwenproxy.services.qwen_auth import DeviceFlowLogin
+    from qwenproxy.services.qwen_login import DeviceFlowLogin
 
     path = config.qwen_oauth_creds[0]
     login = DeviceFlowLogin(

@@ -28,13 +28,9 @@ from qwenproxy.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from qwenproxy.services.qwen_auth import (
-    DeviceAuthorization,
-    DeviceFlowLogin,
-    QwenTokenManager,
-    RefreshLock,
-)
+from qwenproxy.services.qwen_auth import QwenTokenManager, RefreshLock
 from qwenproxy.services.qwen_creds import CredentialsFile, api_base_from_resource_url
+from qwenproxy.services.qwen_login import DeviceAuthorization, DeviceFlowLogin
 
 NOW = 1_700_000_000.0
 OAUTH_URL = "https://chat.qwen.ai"
