@@ -25,8 +25,8 @@ from qwenproxy.errors import (
     UpstreamTimeoutError,
     upstream_error_for_status,
 )
-from qwenproxy.services.context_guard import context_refusal
 from qwenproxy.services.http1 import WAIT_CHECK_SECONDS, AnswerTooLarge
+from qwenproxy.services.length_refusals import context_refusal
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
 from qwenproxy.services.qwen_auth import QwenTokenManager
 from qwenproxy.services.transport import ClosedWithoutAnswer, LeanAdapter
