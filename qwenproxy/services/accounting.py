@@ -9,8 +9,7 @@ from typing import Protocol
 
 from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.prices import PriceTable
-from qwenproxy.services.prompt_cache import explicit_cache
-from qwenproxy.services.usage_records import UsageRecord, tokens_per_second
+from qwenproxy.services.usage_records import UsageRecord, explicit_cache, tokens_per_second
 
 
 class Ledger(Protocol):

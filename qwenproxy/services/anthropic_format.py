@@ -15,12 +15,12 @@ import orjson
 from qwenproxy.errors import InvalidRequestError, ProxyError
 from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
 from qwenproxy.services.prompt_cache import (
-    cache_counts,
     count_markers,
     keep_last_markers,
     marker_of,
 )
 from qwenproxy.services.tool_arguments import parse_tool_input
+from qwenproxy.services.usage_records import cache_counts
 from qwenproxy.services.vendor_models import map_vendor_model
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,47 @@ import orjson
 import sqlalchemy as sa
 
 from qwenproxy.services import usage_aggregates as agg
-from qwenproxy.services.prompt_cache import cache_counts
 from qwenproxy.services.store import metadata
 
 LOG_FORMATS = ("human", "json")
+
+
+# --- what the upstream reports of its prompt cache -------------------------------------
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def cache_counts(usage: Any) -> tuple[int | None, int | None]:
+    """(tokens read from the cache, tokens written to it) of an OpenAI-style `usage`;
+    None where the upstream did not say. Both are part of `prompt_tokens`.
+
+    Model Studio reports both in `prompt_tokens_details`: `cached_tokens` and, for an
+    explicit cache, `cache_creation_input_tokens` (with `cache_type: "ephemeral"`) — its
+    context-cache page, and `GenerationUsage.PromptTokensDetails` of dashscope-sdk-java.
+    Some OpenAI-compatible gateways put `cache_creation_input_tokens` beside
+    `prompt_tokens` instead; that is read too."""
+    if not isinstance(usage, Mapping):
+        return None, None
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, Mapping) else {}
+    cached = _count(details.get("cached_tokens"))
+    written = _count(details.get("cache_creation_input_tokens"))
+    if written is None:
+        written = _count(usage.get("cache_creation_input_tokens"))
+    return cached, written
+
+
+def explicit_cache(usage: Any) -> bool:
+    """Whether the upstream served this prompt from an explicit (marker-made) cache: its
+    hits bill at another price than implicit ones on Model Studio."""
+    if not isinstance(usage, Mapping):
+        return False
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, Mapping):
+        return False
+    return details.get("cache_type") == "ephemeral" or "cache_creation_input_tokens" in details
 
 
 def _new_id() -> str:

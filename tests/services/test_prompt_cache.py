@@ -5,9 +5,7 @@ from __future__ import annotations
 import copy
 
 from qwenproxy.services.prompt_cache import (
-    cache_counts,
     count_markers,
-    explicit_cache,
     markers_enabled,
     without_markers,
 )
@@ -82,21 +80,3 @@ def test_the_switch_defaults_on_for_verified_backends_only_and_can_be_flipped():
     assert markers_enabled("my-vllm", {}) is False
     assert markers_enabled("dashscope", {"dashscope": False}) is False
     assert markers_enabled("my-vllm", {"my-vllm": True}) is True
-
-
-def test_cache_counts_read_model_studios_fields():
-    usage = {
-        "prompt_tokens": 3019,
-        "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_input_tokens": 500},
-    }
-    assert cache_counts(usage) == (2048, 500)
-    assert cache_counts({"prompt_tokens": 5}) == (None, None)
-    assert cache_counts(None) == (None, None)
-    assert cache_counts({"prompt_tokens_details": {"cached_tokens": True}}) == (None, None)
-
-
-def test_an_explicit_cache_is_told_by_its_cache_type_or_write_count():
-    assert explicit_cache({"prompt_tokens_details": {"cache_type": "ephemeral"}})
-    assert explicit_cache({"prompt_tokens_details": {"cache_creation_input_tokens": 0}})
-    assert not explicit_cache({"prompt_tokens_details": {"cached_tokens": 10}})
-    assert not explicit_cache({})
