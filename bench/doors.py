@@ -1,0 +1,141 @@
+"""CPU per relayed frame on each front door (issue 15): the chat door, Anthropic's
+/v1/messages and OpenAI's /v1/responses, each under many concurrent streams on one
+gunicorn gevent worker against the paced fake upstream.
+
+    python -m bench.doors [--streams 500] [--chunks 50] [--delay 0.02] [--rounds 2] [--json P]
+
+Each round opens `--streams` streams at once on one door; the fake sends every stream a
+role chunk, `--chunks` content chunks `--delay` s apart, a finish, usage and [DONE]. The
+worker's CPU (utime + stime from /proc) over the round, divided by the upstream frames
+relayed (streams × (chunks + 3)), is the figure: it holds the whole request too (auth,
+body, routing, accounting), spread over its frames. The doors take turns round by round
+so that they share the machine's conditions; the best round of each door is reported
+(the machine is shared, and other load only ever adds CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.httpclient import Connection, build_request
+from bench.processes import HOST, PROXY_KEY, FakeProcess, ProxyProcess, cpu_seconds, raise_fd_limit
+
+MODEL = "qwen3-coder-plus"
+PROMPT = "Write a Python function that checks whether a string is a palindrome."
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {PROXY_KEY}"}
+
+DOORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": PROMPT}]},
+    ),
+    "anthropic": (
+        "/v1/messages",
+        {
+            "model": MODEL,
+            "stream": True,
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": PROMPT}],
+        },
+    ),
+    "responses": ("/v1/responses", {"model": MODEL, "stream": True, "input": PROMPT}),
+}
+# What ends a door's stream: the last frame a client waits for.
+LAST = {"chat": b"data: [DONE]", "anthropic": b"event: message_stop", "responses": b"event: "}
+
+
+def _ended(door: str, frame: bytes) -> bool:
+    if door == "responses":
+        return frame.startswith((b"event: response.completed", b"event: response.failed"))
+    return frame.startswith(LAST[door])
+
+
+def one_round(port: int, worker_pid: int, door: str, streams: int, timeout: float) -> dict:
+    import gevent
+    import gevent.socket
+
+    path, body = DOORS[door]
+    raw = build_request(HOST, port, "POST", path, json.dumps(body).encode(), HEADERS)
+    counts = {"ok": 0, "failed": 0, "frames": 0}
+
+    def client() -> None:
+        conn = Connection(HOST, port, timeout, gevent.socket)
+        try:
+            status, _, frames = conn.stream(raw)
+            ended = False
+            for _, frame in frames:
+                counts["frames"] += 1
+                if _ended(door, frame):
+                    ended = True
+                    break
+            counts["ok" if status == 200 and ended else "failed"] += 1
+        except Exception:  # noqa: BLE001 - counted
+            counts["failed"] += 1
+        finally:
+            conn.close()
+
+    cpu_before = cpu_seconds(worker_pid)
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(client) for _ in range(streams)], timeout=timeout)
+    elapsed = time.perf_counter() - started
+    return {
+        **counts,
+        "elapsed_s": round(elapsed, 2),
+        "cpu_s": round(cpu_seconds(worker_pid) - cpu_before, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.doors", description=__doc__)
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--chunks", type=int, default=50)
+    parser.add_argument("--delay", type=float, default=0.02)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    from gevent import monkey
+
+    monkey.patch_all()
+    raise_fd_limit(4 * args.streams + 1024)
+    frames_per_stream = args.chunks + 3  # role, content..., finish, usage ([DONE] aside)
+    results: dict[str, Any] = {"settings": vars(args) | {"json": None}, "doors": {}}
+    with tempfile.TemporaryDirectory(prefix="qp-bench-doors-") as tmp:
+        fake = FakeProcess(Path(tmp), chunks=args.chunks, chunk_delay=args.delay)
+        proxy = ProxyProcess(Path(tmp) / "proxy", fake, extra_env={"LOG_LEVEL": "WARNING"})
+        try:
+            for door in DOORS:  # warm every door's code and connections
+                one_round(proxy.port, proxy.worker_pid, door, 20, 60)
+            rounds: dict[str, list[dict]] = {door: [] for door in DOORS}
+            for _ in range(args.rounds):
+                for door in DOORS:
+                    got = one_round(proxy.port, proxy.worker_pid, door, args.streams, 300)
+                    got["us_per_frame"] = round(
+                        got["cpu_s"] / (args.streams * frames_per_stream) * 1e6, 1
+                    )
+                    rounds[door].append(got)
+                    print(door, json.dumps(got), flush=True)
+        finally:
+            proxy.stop()
+            fake.stop()
+    chat = min(r["us_per_frame"] for r in rounds["chat"])
+    for door, runs in rounds.items():
+        best = min(r["us_per_frame"] for r in runs)
+        results["doors"][door] = {
+            "best_us_per_frame": best,
+            "vs_chat": round(best / chat, 3),
+            "rounds": runs,
+        }
+        print(f"{door:10s} {best:6.1f} µs/frame  ({best / chat:.2f}× chat)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
