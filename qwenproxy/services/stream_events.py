@@ -58,12 +58,14 @@ class StreamError:
     error: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
 class KeepAlive:
-    __slots__ = ()
+    """A silence upstream: the door sends its keep-alive."""
 
 
+@dataclass(frozen=True, slots=True)
 class Done:
-    __slots__ = ()
+    """The stream's normal end."""
 
 
 KEEP_ALIVE = KeepAlive()
