@@ -3,6 +3,7 @@
 gunicorn gevent worker against the paced fake upstream.
 
     python -m bench.doors [--streams 500] [--chunks 50] [--delay 0.02] [--rounds 2] [--json P]
+                          [--profile DIR]   # + one round per door under py-spy
 
 Each round opens `--streams` streams at once on one door; the fake sends every stream a
 role chunk, `--chunks` content chunks `--delay` s apart, a finish, usage and [DONE]. The
@@ -24,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.httpclient import Connection, build_request
-from bench.processes import HOST, PROXY_KEY, FakeProcess, ProxyProcess, cpu_seconds, raise_fd_limit
+from bench.processes import (
+    CLOCK_TICKS,
+    HOST,
+    PROXY_KEY,
+    FakeProcess,
+    ProxyProcess,
+    raise_fd_limit,
+)
 
 MODEL = "qwen3-coder-plus"
 PROMPT = "Write a Python function that checks whether a string is a palindrome."
@@ -56,6 +64,12 @@ def _ended(door: str, frame: bytes) -> bool:
     return frame.startswith(LAST[door])
 
 
+def user_system_s(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
 def one_round(port: int, worker_pid: int, door: str, streams: int, timeout: float) -> dict:
     import gevent
     import gevent.socket
@@ -80,15 +94,37 @@ def one_round(port: int, worker_pid: int, door: str, streams: int, timeout: floa
         finally:
             conn.close()
 
-    cpu_before = cpu_seconds(worker_pid)
+    user_before, system_before = user_system_s(worker_pid)
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(client) for _ in range(streams)], timeout=timeout)
     elapsed = time.perf_counter() - started
+    user, system = user_system_s(worker_pid)
+    user, system = user - user_before, system - system_before
     return {
         **counts,
         "elapsed_s": round(elapsed, 2),
-        "cpu_s": round(cpu_seconds(worker_pid) - cpu_before, 3),
+        "cpu_s": round(user + system, 3),
+        "user_s": round(user, 3),
+        "system_s": round(system, 3),
     }
+
+
+def profile_doors(proxy: ProxyProcess, args: argparse.Namespace) -> dict[str, Any]:
+    """One more round per door while py-spy samples the worker; the summaries' paths."""
+    from bench.profile import record_during
+
+    written = {}
+    for door in DOORS:
+        stem = args.profile / f"{time.strftime('%Y-%m-%d')}-doors-profile-{door}"
+        summary = record_during(
+            proxy.worker_pid,
+            lambda door=door: one_round(proxy.port, proxy.worker_pid, door, args.streams, 300),
+            4.0,
+            stem,
+        )
+        written[door] = summary.get("summary_file") or summary.get("error")
+        print(f"profile {door}: {written[door]}", flush=True)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.02)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="write py-spy summaries here")
     args = parser.parse_args(argv)
     from gevent import monkey
 
     monkey.patch_all()
     raise_fd_limit(4 * args.streams + 1024)
     frames_per_stream = args.chunks + 3  # role, content..., finish, usage ([DONE] aside)
-    results: dict[str, Any] = {"settings": vars(args) | {"json": None}, "doors": {}}
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "profile")}
+    results: dict[str, Any] = {"settings": settings, "doors": {}}
     with tempfile.TemporaryDirectory(prefix="qp-bench-doors-") as tmp:
         fake = FakeProcess(Path(tmp), chunks=args.chunks, chunk_delay=args.delay)
         proxy = ProxyProcess(Path(tmp) / "proxy", fake, extra_env={"LOG_LEVEL": "WARNING"})
@@ -120,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     rounds[door].append(got)
                     print(door, json.dumps(got), flush=True)
+            if args.profile:
+                results["profiles"] = profile_doors(proxy, args)
         finally:
             proxy.stop()
             fake.stop()
