@@ -4,6 +4,7 @@ gunicorn gevent worker against the paced fake upstream.
 
     python -m bench.doors [--streams 500] [--chunks 50] [--delay 0.02] [--rounds 2] [--json P]
                           [--profile DIR]   # + one round per door under py-spy
+    python -m bench.doors --in-process [--chunks 20000]   # the relay + translation alone
 
 Each round opens `--streams` streams at once on one door; the fake sends every stream a
 role chunk, `--chunks` content chunks `--delay` s apart, a finish, usage and [DONE]. The
@@ -127,6 +128,60 @@ def profile_doors(proxy: ProxyProcess, args: argparse.Namespace) -> dict[str, An
     return written
 
 
+def in_process(chunks: int) -> dict[str, float]:
+    """µs per frame of the proxy's own stream code alone, in this process: the relay
+    (loop detection on) and each door's encoding, over a `chunks`-delta answer."""
+    import orjson
+
+    from qwenproxy.services.anthropic_format import AnthropicRequest
+    from qwenproxy.services.anthropic_stream import AnthropicStream
+    from qwenproxy.services.guards import LoopDetector
+    from qwenproxy.services.pipeline_frames import translate_events
+    from qwenproxy.services.request_context import RequestContext
+    from qwenproxy.services.responses_format import to_chat_request
+    from qwenproxy.services.responses_stream import ResponsesStream
+    from qwenproxy.services.stream_relay import StreamRelaySettings, chat_frames, relay_stream
+    from qwenproxy.sse import SSEEvent
+
+    def chunk(delta: dict, finish: str | None = None) -> SSEEvent:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1}
+        return SSEEvent(orjson.dumps({**head, "model": MODEL, "choices": [choice]}))
+
+    reads = [[chunk({"content": f"w{i} "})] for i in range(chunks)]
+    reads.append([chunk({}, "stop"), SSEEvent(b"[DONE]")])
+
+    class Upstream:
+        def batches(self, quiet: float | None) -> Any:
+            return iter(reads)
+
+        def close(self) -> None:
+            pass
+
+    encoders = {
+        "chat": (False, chat_frames),
+        "anthropic": (
+            True,
+            lambda e: translate_events(e, AnthropicStream(AnthropicRequest({}, MODEL))),
+        ),
+        "responses": (
+            True,
+            lambda e: translate_events(e, ResponsesStream(to_chat_request({"input": "hi"}, {}))),
+        ),
+    }
+    figures = {}
+    for door, (typed, encode) in encoders.items():
+        ctx = RequestContext("bench", "bench", translated=typed)
+        settings = StreamRelaySettings(True, LoopDetector(), None, typed)
+        events = relay_stream(Upstream(), "bench", ctx, settings, lambda: None, lambda: None)
+        started = time.perf_counter()
+        for _ in encode(events):
+            pass
+        figures[door] = round((time.perf_counter() - started) / chunks * 1e6, 2)
+        print(f"{door:10s} {figures[door]:6.2f} µs/frame in process", flush=True)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.doors", description=__doc__)
     parser.add_argument("--streams", type=int, default=500)
@@ -135,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, help="write py-spy summaries here")
+    parser.add_argument("--in-process", action="store_true", help="the stream code alone")
     args = parser.parse_args(argv)
+    if args.in_process:
+        figures = in_process(args.chunks if args.chunks != 50 else 20000)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
     from gevent import monkey
 
     monkey.patch_all()

@@ -34,13 +34,17 @@ class _Item:
     output_index: int
     id: str
     kind: str  # "message", "call" or "reasoning"
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # the text, joined when it is needed
     call_id: str = ""
     name: str = ""
     arguments: ArgumentStream = field(default_factory=ArgumentStream)
     started: bool = False
     pending: list[str] = field(default_factory=list)
     closed: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class ResponsesStream(ChunkTranslator):
@@ -148,7 +152,7 @@ class ResponsesStream(ChunkTranslator):
         return item, out
 
     def _part_delta(self, item: _Item, event: str, text: str, **extra: Any) -> list[bytes]:
-        item.text += text
+        item.pieces.append(text)
         return [
             self._event(
                 event,
