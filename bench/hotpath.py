@@ -53,8 +53,8 @@ def timed(fn: Callable[[], Any], calls: int, warmup: int = 200) -> dict[str, flo
 def measure(calls: int) -> dict[str, Any]:
     from qwenproxy.config import Config
     from qwenproxy.schemas import load_chat_completion_request
-    from qwenproxy.services.completions import RequestContext
     from qwenproxy.services.container import build_services, make_http_session
+    from qwenproxy.services.request_context import RequestContext
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp_name:
@@ -182,9 +182,9 @@ def measure(calls: int) -> dict[str, Any]:
 
                 def account() -> None:
                     ctx = RequestContext(client_id, client_id, requested_model="qwen3-coder-plus")
-                    ctx.backend, ctx.upstream_model = "qwen-oauth", "coder-model"
-                    ctx.usage = {"prompt_tokens": 42, "completion_tokens": 36}
-                    ctx.finished_at = ctx.started + 0.001
+                    ctx.outcome.served_by("qwen-oauth", "coder-model")
+                    ctx.outcome.usage = {"prompt_tokens": 42, "completion_tokens": 36}
+                    ctx.outcome.finished_at = ctx.started + 0.001
                     accounting.finished(ctx)
 
                 steps.append(("Accounting.finished (metrics + ledger queue)", account))

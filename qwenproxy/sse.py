@@ -1,4 +1,5 @@
-"""Server-sent events: an incremental decoder for upstream streams and the frames we send.
+"""Server-sent events: an incremental decoder for upstream streams and the one place that
+frames what every door sends (data frames, named events, comments, [DONE]).
 
 The decoder follows the WHATWG event-stream rules that matter for chat streams: `data:`
 lines joined by newlines, blank line ends an event, `:` lines are comments, CRLF allowed.
@@ -7,10 +8,6 @@ lines joined by newlines, blank line ends an event, `:` lines are comments, CRLF
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-DONE_FRAME = b"data: [DONE]\n\n"
-KEEPALIVE_FRAME = b": ping\n\n"
-DONE_DATA = b"[DONE]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +19,21 @@ class SSEEvent:
 def encode_data(payload: bytes) -> bytes:
     """Frame one JSON payload (which never holds a raw newline) as an SSE data event."""
     return b"data: " + payload + b"\n\n"
+
+
+def encode_event(name: bytes, payload: bytes) -> bytes:
+    """A named event (`event: <name>`) of one JSON payload without raw newlines."""
+    return b"event: " + name + b"\ndata: " + payload + b"\n\n"
+
+
+def encode_comment(text: bytes) -> bytes:
+    """A comment line (clients ignore it; keeps idle connections open)."""
+    return b": " + text + b"\n\n"
+
+
+DONE_DATA = b"[DONE]"
+DONE_FRAME = encode_data(DONE_DATA)
+KEEPALIVE_FRAME = encode_comment(b"ping")
 
 
 class SSEDecoder:

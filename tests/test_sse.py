@@ -172,3 +172,11 @@ def test_frames_round_trip_through_decoder() -> None:
         SSEEvent(b"[DONE]"),
     ]
     assert DONE_FRAME == b"data: [DONE]\n\n"
+
+
+def test_every_door_frames_with_the_same_helpers():
+    from qwenproxy.sse import encode_comment, encode_event
+
+    assert encode_event(b"ping", b'{"type":"ping"}') == b'event: ping\ndata: {"type":"ping"}\n\n'
+    assert encode_comment(b"ping") == KEEPALIVE_FRAME == b": ping\n\n"
+    assert DONE_FRAME == encode_data(b"[DONE]")

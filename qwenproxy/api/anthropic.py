@@ -10,12 +10,8 @@ from flask import Blueprint, Response
 from qwenproxy.api.context import request_json, require_client, services, translated_door
 from qwenproxy.api.errors import refusal_for
 from qwenproxy.errors import ContextLengthExceededError, ProxyError
-from qwenproxy.services.anthropic_format import (
-    error_body,
-    error_body_for,
-    to_chat_request,
-    to_message,
-)
+from qwenproxy.services.anthropic_answer import error_body, error_body_for, to_message
+from qwenproxy.services.anthropic_format import to_chat_request
 from qwenproxy.services.anthropic_stream import AnthropicStream
 from qwenproxy.services.qwen_tokens import REPLY_PRIMER
 

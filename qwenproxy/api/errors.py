@@ -4,7 +4,6 @@ and a request refused before (or outside) the pipeline still gets its ledger row
 from __future__ import annotations
 
 import logging
-import time
 
 import orjson
 from flask import Flask, Response, current_app, g, request
@@ -17,7 +16,7 @@ from qwenproxy.errors import (
     PayloadTooLargeError,
     ProxyError,
 )
-from qwenproxy.services.completions import RequestContext
+from qwenproxy.services.request_context import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def record_refusal(error: ProxyError) -> None:
     if accounting is None:
         return
     ctx.fail(error)
-    ctx.finished_at = time.perf_counter()
+    ctx.outcome.finish()
     try:
         accounting.finished(ctx)
     except Exception:  # accounting must never break a request

@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
-from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.prices import PriceTable
+from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.usage_records import UsageRecord, explicit_cache, tokens_per_second
 
 
@@ -37,29 +37,30 @@ def _bounded(text: str | None) -> str | None:
 
 def usage_record(ctx: RequestContext, prices: PriceTable | None = None) -> UsageRecord:
     """The ledger row of a finished request; with `prices`, its cost."""
-    finished = ctx.finished_at or ctx.started
+    out = ctx.outcome
+    finished = out.finished_at or ctx.started
     rec = UsageRecord(
         started_at=ctx.started_at,
         session_id=_bounded(ctx.session_id),
         client_key_id=ctx.client_id,
-        backend=ctx.backend or "",
-        upstream_model=_bounded(ctx.upstream_model) or "",
+        backend=out.backend or "",
+        upstream_model=_bounded(out.upstream_model) or "",
         requested_model=_bounded(ctx.requested_model) or "",
         stream=ctx.stream,
-        status=ctx.status,
-        error_code=_bounded(ctx.error_code),
+        status=out.status,
+        error_code=_bounded(out.error_code),
         latency_ms=(finished - ctx.started) * 1000,
-        ttft_ms=ctx.ttft_ms,
-        upstream_latency_ms=ctx.upstream_latency_ms,
-        failover_attempts=max(0, ctx.attempts - 1),
-        loop_detected=ctx.loop_detected,
-        command_only=ctx.command_only,
+        ttft_ms=out.ttft_ms,
+        upstream_latency_ms=out.upstream_latency_ms,
+        failover_attempts=max(0, out.attempts - 1),
+        loop_detected=out.loop_detected,
+        command_only=out.command_only,
     )
-    rec.apply_usage(ctx.usage)
-    if ctx.first_token_at is not None:  # streams: generation time after the first token
-        generation = finished - ctx.first_token_at
+    rec.apply_usage(out.usage)
+    if out.first_token_at is not None:  # streams: generation time after the first token
+        generation = finished - out.first_token_at
     else:
-        generation = (ctx.upstream_latency_ms or 0) / 1000
+        generation = (out.upstream_latency_ms or 0) / 1000
     rec.tokens_per_s = tokens_per_second(rec.completion_tokens, generation)
     if rec.backend == "local":  # answered by the proxy itself (commands): nothing billed
         rec.cost = 0.0
@@ -71,7 +72,7 @@ def usage_record(ctx: RequestContext, prices: PriceTable | None = None) -> Usage
             rec.completion_tokens,
             rec.cached_tokens,
             rec.cache_write_tokens,
-            explicit_cache(ctx.usage),
+            explicit_cache(out.usage),
         )
         if cost is not None:
             rec.cost, rec.currency = cost.amount, cost.currency
@@ -94,17 +95,17 @@ class Accounting:
         self._prices = prices
 
     def finished(self, ctx: RequestContext) -> None:
-        rec = usage_record(ctx, self._prices)
+        rec, out = usage_record(ctx, self._prices), ctx.outcome
         self.ledger.record(rec)
         named = rec.upstream_model or rec.requested_model  # a refusal has only the latter
         if named and not self._known_model(named):
             # Metric labels stay bounded whatever model names clients send.
             rec = dataclasses.replace(rec, upstream_model="other", requested_model="other")
         self.metrics.observe(rec)
-        if ctx.attempts > 1:
-            for _ in range(ctx.attempts - 1):
+        if out.attempts > 1:
+            for _ in range(out.attempts - 1):
                 self.metrics.failover()
-        if ctx.loop_detected:
+        if out.loop_detected:
             self.metrics.loop_detected()
 
     def stream_opened(self) -> None:

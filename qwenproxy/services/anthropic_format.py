@@ -1,6 +1,7 @@
-"""The Anthropic Messages API at the edge: a `POST /v1/messages` body as a chat-completions
-body for the pipeline, its JSON answer as a Message (streams: anthropic_stream.py), errors
-in Anthropic's shape, and a token estimate."""
+"""The Anthropic Messages API at the edge, the request side: a `POST /v1/messages` body as
+a chat-completions body for the pipeline (`to_chat_request`), with what the answer must
+repeat (`AnthropicRequest`). Its answer and errors: anthropic_answer.py; its stream:
+anthropic_stream.py."""
 
 from __future__ import annotations
 
@@ -12,69 +13,15 @@ from typing import Any
 
 import orjson
 
-from qwenproxy.errors import InvalidRequestError, ProxyError
-from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
+from qwenproxy.errors import InvalidRequestError
 from qwenproxy.services.prompt_cache import (
     count_markers,
     keep_last_markers,
     marker_of,
 )
-from qwenproxy.services.tool_arguments import parse_tool_input
-from qwenproxy.services.usage_records import cache_counts
 from qwenproxy.services.vendor_models import map_vendor_model
 
 log = logging.getLogger(__name__)
-
-# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-}
-# OpenAI-shaped error `type`s (ours, or an upstream's) that have an Anthropic twin.
-_ERROR_TYPES_BY_OPENAI_TYPE = {
-    "invalid_request_error": "invalid_request_error",
-    "authentication_error": "authentication_error",
-    "permission_error": "permission_error",
-    "rate_limit_error": "rate_limit_error",
-    "service_unavailable": "overloaded_error",
-}
-STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
-
-
-# --- errors ---------------------------------------------------------------------------
-
-
-def error_type_for_status(status: int) -> str:
-    if status in ERROR_TYPES:
-        return ERROR_TYPES[status]
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
-
-
-def error_body(error_type: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type, "message": message}}
-
-
-def error_body_for(error: ProxyError) -> dict[str, Any]:
-    return error_body(error_type_for_status(error.status), error.message)
-
-
-def error_body_from_openai(error: Mapping[str, Any]) -> dict[str, Any]:
-    """An error the pipeline sent mid-stream (`{"message", "type", "code"}`)."""
-    error_type = _ERROR_TYPES_BY_OPENAI_TYPE.get(str(error.get("type")), "api_error")
-    return error_body(error_type, str(error.get("message") or "The upstream failed."))
-
 
 # --- the request ----------------------------------------------------------------------
 
@@ -107,6 +54,47 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequestError("`messages` must be a non-empty list", param="messages")
     system = _system_parts(body.get("system"))
+    messages = _chat_messages(raw_messages, system)
+    if system:
+        marked = any("cache_control" in part for part in system)
+        joined = "\n\n".join(part["text"] for part in system)
+        messages.insert(0, {"role": "system", "content": system if marked else joined})
+    chat: dict[str, Any] = {"messages": messages}
+    target = map_vendor_model(model, model_map)
+    if target:
+        chat["model"] = target
+    _copy_number(body, chat, "max_tokens", integer=True)
+    for name in ("temperature", "top_p"):
+        _copy_number(body, chat, name)
+    _copy_number(body, chat, "top_k", integer=True)
+    stop = _stop_sequences(body.get("stop_sequences"))
+    if stop:
+        chat["stop"] = stop
+    tools = _tools(body.get("tools"))
+    if tools:
+        chat["tools"] = tools
+        _tool_choice(body.get("tool_choice"), chat)
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequestError("`stream` must be true or false", param="stream")
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
+    dropped = keep_last_markers(chat)
+    if dropped:
+        log.debug("left out the %d earliest of more than 4 cache_control markers", dropped)
+    return AnthropicRequest(
+        chat,
+        model or "",
+        tuple(stop),
+        _wants_thinking(body),
+        cache_markers=count_markers(chat) > 0,
+    )
+
+
+def _chat_messages(raw_messages: list[Any], system: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat messages of a Messages API `messages` list; system turns found inside it
+    are added to `system`."""
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(raw_messages):
         param = f"messages[{i}]"
@@ -124,46 +112,17 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
             text = _plain_text(content)
             if text:
                 system.append({"type": "text", "text": text})
-    if system:
-        marked = any("cache_control" in part for part in system)
-        joined = "\n\n".join(part["text"] for part in system)
-        messages.insert(0, {"role": "system", "content": system if marked else joined})
-    chat: dict[str, Any] = {"messages": messages}
-    target = map_vendor_model(model, model_map)
-    if target:
-        chat["model"] = target
-    _copy_number(body, chat, "max_tokens", integer=True)
-    for name in ("temperature", "top_p"):
-        _copy_number(body, chat, name)
-    _copy_number(body, chat, "top_k", integer=True)
-    stop = body.get("stop_sequences")
-    if stop is not None:
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise InvalidRequestError(
-                "`stop_sequences` must be a list of strings", param="stop_sequences"
-            )
-        if stop:
-            chat["stop"] = stop
-    tools = _tools(body.get("tools"))
-    if tools:
-        chat["tools"] = tools
-        _tool_choice(body.get("tool_choice"), chat)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("`stream` must be true or false", param="stream")
-    if stream:
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
-    dropped = keep_last_markers(chat)
-    if dropped:
-        log.debug("left out the %d earliest of more than 4 cache_control markers", dropped)
-    return AnthropicRequest(
-        chat,
-        model or "",
-        tuple(stop or ()),
-        _wants_thinking(body),
-        cache_markers=count_markers(chat) > 0,
-    )
+    return messages
+
+
+def _stop_sequences(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise InvalidRequestError(
+            "`stop_sequences` must be a list of strings", param="stop_sequences"
+        )
+    return stop
 
 
 def _wants_thinking(body: dict[str, Any]) -> bool:
@@ -420,88 +379,5 @@ def _copy_number(
     chat[name] = value
 
 
-# --- the answer -----------------------------------------------------------------------
-
-
-def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
-
-
 def new_tool_use_id() -> str:
     return "toolu_" + secrets.token_hex(12)
-
-
-def usage_of(usage: Any) -> dict[str, int]:
-    """Anthropic usage from OpenAI usage. OpenAI's `prompt_tokens` counts every prompt
-    token; Anthropic's `input_tokens` only those neither read from the prompt cache nor
-    written to it, which it reports apart (`cache_read_input_tokens`,
-    `cache_creation_input_tokens`): the three add up to the prompt."""
-    usage = usage if isinstance(usage, dict) else {}
-    prompt = _int(usage.get("prompt_tokens"))
-    cached, written = cache_counts(usage)
-    result = {
-        "input_tokens": max(0, prompt - (cached or 0) - (written or 0)),
-        "output_tokens": _int(usage.get("completion_tokens")),
-    }
-    if cached is not None:
-        result["cache_read_input_tokens"] = cached
-    if written is not None:
-        result["cache_creation_input_tokens"] = written
-    return result
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def stop_reason_of(
-    finish_reason: Any, matched: Any, stop_sequences: tuple[str, ...], used_tools: bool
-) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence). `matched` is the stop string some upstreams (vLLM)
-    report in `choice.stop_reason`."""
-    if isinstance(matched, str) and matched in stop_sequences:
-        return "stop_sequence", matched
-    reason = STOP_REASONS.get(str(finish_reason), "end_turn")
-    if used_tools and reason == "end_turn":
-        reason = "tool_use"
-    return reason, None
-
-
-def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[str, Any]:
-    """A chat.completion as an Anthropic Message."""
-    choice, message = first_choice(completion)
-    content: list[dict[str, Any]] = []
-    reasoning = reasoning_text(message) if request.thinking else ""
-    if reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message_text(message.get("content"))
-    if text:
-        content.append({"type": "text", "text": text})
-    for call in message.get("tool_calls") or ():
-        if not isinstance(call, dict):
-            continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or new_tool_use_id(),
-                "name": function.get("name") or "",
-                "input": parse_tool_input(function.get("arguments")),
-            }
-        )
-    used_tools = any(block["type"] == "tool_use" for block in content)
-    if not any(block["type"] != "thinking" for block in content):
-        content.append({"type": "text", "text": ""})
-    reason, sequence = stop_reason_of(
-        choice.get("finish_reason"), choice.get("stop_reason"), request.stop_sequences, used_tools
-    )
-    return {
-        "id": new_message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": request.model or completion.get("model") or "",
-        "content": content,
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": usage_of(completion.get("usage")),
-    }

@@ -8,20 +8,21 @@ from typing import Any
 
 import orjson
 
-from qwenproxy.services.anthropic_format import (
-    AnthropicRequest,
+from qwenproxy.services.anthropic_answer import (
     error_body_from_openai,
     new_message_id,
-    new_tool_use_id,
     stop_reason_of,
     usage_of,
 )
+from qwenproxy.services.anthropic_format import AnthropicRequest, new_tool_use_id
 from qwenproxy.services.pipeline_frames import ChunkTranslator
+from qwenproxy.services.stream_events import Finish, ToolCallDelta
 from qwenproxy.services.tool_arguments import ArgumentStream
+from qwenproxy.sse import encode_event
 
 
 def sse_event(name: str, payload: dict[str, Any]) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+    return encode_event(name.encode(), orjson.dumps(payload))
 
 
 @dataclass
@@ -78,9 +79,9 @@ class AnthropicStream(ChunkTranslator):
     def ping(self) -> list[bytes]:
         return [sse_event("ping", {"type": "ping"})]
 
-    def _finished(self, choice: dict[str, Any]) -> None:
-        self._finish = choice["finish_reason"]
-        self._matched_stop = choice.get("stop_reason")
+    def _finished(self, finish: Finish) -> None:
+        self._finish = finish.reason
+        self._matched_stop = finish.stop_reason
 
     def done(self) -> list[bytes]:
         out = self._text_delta(self._held) if self._held else []  # only blank text came
@@ -150,8 +151,8 @@ class AnthropicStream(ChunkTranslator):
     def _tool_at(self, position: int) -> _ToolBlock | None:
         return self._tools.get(position)
 
-    def _new_tool(self, position: int, call: dict[str, Any]) -> _ToolBlock:
-        tool = _ToolBlock(self._take_index(), call.get("id") or new_tool_use_id(), "")
+    def _new_tool(self, position: int, call: ToolCallDelta) -> _ToolBlock:
+        tool = _ToolBlock(self._take_index(), call.id or new_tool_use_id(), "")
         self._tools[position] = tool
         self._open_tool = tool
         return tool

@@ -1,135 +1,35 @@
 """The chat-completions pipeline, shared by every front door: session and in-chat
-commands, routing with failover, guards, the upstream call, and turning its answer (JSON or
-SSE) into what OpenAI clients expect — with one accounting record per request.
+commands, routing with failover, guards, the upstream call, and its answer — JSON, or a
+stream of typed events (services/stream_relay.py) that each door encodes — with one
+accounting record per request. The request's context: services/request_context.py.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from qwenproxy.errors import ClientGoneError, ContextLengthExceededError, ProxyError, RateLimitError
-from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
+from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
+from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
+from qwenproxy.services.local_reply import LOCAL_HEADERS, local_reply
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
-from qwenproxy.services.prompt_cache import has_markers, without_markers
+from qwenproxy.services.prompt_cache import without_markers
+from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
-from qwenproxy.sse import DONE_FRAME, encode_data
+from qwenproxy.services.system_messages import merge_system_messages
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ROLES = ("system", "developer")
 QUOTA_COOL_DOWN_S = 3600.0
 ENDED_ACCOUNT_COOL_DOWN_S = 3600.0
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-        )
-    return ""
-
-
-def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Qwen takes one system message, first, as a string: fold every system/developer
-    message into one leading system message. Returns `messages` itself when it already fits.
-    System text that carries cache_control markers stays text parts, markers on them (Model
-    Studio's context cache takes a system message of parts; services/prompt_cache.py).
-    """
-    if not messages:
-        return messages
-    first = messages[0]
-    extra = any(m.get("role") in SYSTEM_ROLES for m in messages[1:])
-    if not extra and (
-        first.get("role") != "developer"
-        and (
-            first.get("role") != "system"
-            or isinstance(first.get("content"), str)
-            or has_markers(first.get("content"))
-        )
-    ):
-        return messages
-    systems = [m for m in messages if m.get("role") in SYSTEM_ROLES]
-    merged: dict[str, Any] = {"role": "system"}
-    if any(has_markers(m.get("content")) for m in systems):
-        merged["content"] = [part for m in systems for part in _system_parts(m.get("content"))]
-    else:
-        texts = [_text_of(m.get("content")) for m in systems]
-        merged["content"] = "\n\n".join(t for t in texts if t)
-    return [merged, *(m for m in messages if m.get("role") not in SYSTEM_ROLES)]
-
-
-def _system_parts(content: Any) -> list[dict[str, Any]]:
-    """A system message's text as text parts, keeping the markers of marked ones."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    parts = []
-    for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-            text = {"type": "text", "text": str(part.get("text") or "")}
-            if "cache_control" in part:
-                text["cache_control"] = part["cache_control"]
-            parts.append(text)
-    return parts
-
-
-@dataclass
-class RequestContext:
-    """Who is asking, and the facts about one request that accounting records."""
-
-    client_id: str
-    session_id: str
-    requested_model: str | None = None
-    stream: bool = False
-    started: float = field(default_factory=time.perf_counter)
-    started_at: float = field(default_factory=time.time)
-    backend: str | None = None
-    upstream_model: str | None = None
-    status: int = 200
-    error_code: str | None = None
-    usage: dict[str, Any] | None = None
-    ttft_ms: float | None = None
-    upstream_latency_ms: float | None = None
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    loop_detected: bool = False
-    command_only: bool = False
-    redactions: int = 0
-    max_tokens_lowered: int | None = None  # what the context guard lowered max_tokens to
-    # The body carries cache_control markers a front door put there (from its client's);
-    # they go only to backends whose `cache_markers` switch is on.
-    cache_markers: bool = False
-    # Whether the client has closed its connection (None: cannot tell, e.g. in tests).
-    client_gone: Callable[[], bool] | None = None
-    # Called too while an upstream is awaited, after the client check: the non-stream
-    # keep-alive sends its spaces from there (services/slow_answer.py). None: nothing.
-    on_wait: Callable[[], None] | None = None
-
-    def fail(self, error: ProxyError) -> None:
-        self.status, self.error_code = error.status, error.code
-
-    def check_client(self) -> None:
-        """Raise ClientGoneError when the client has left (asked while an upstream is
-        awaited, so an abandoned request stops costing upstream time)."""
-        if self.client_gone is not None and self.client_gone():
-            raise ClientGoneError("The client closed the connection.")
-        if self.on_wait is not None:
-            self.on_wait()
 
 
 @dataclass
@@ -140,7 +40,7 @@ class Completion:
 
 @dataclass
 class StreamingCompletion:
-    frames: Iterator[bytes]
+    events: Iterator[list[Any]]  # batches of services/stream_events.py events
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -171,6 +71,22 @@ def _message_text(body: dict[str, Any]) -> str:
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     return content if isinstance(content, str) else ""
+
+
+def _chosen(switch: bool | None, default: bool) -> bool:
+    """A session's switch, or the configured default where the session has none."""
+    return default if switch is None else switch
+
+
+def _all_paused(plan: Plan) -> RateLimitError:
+    """The answer when every account of every target is cooling down after its quota."""
+    wait = min(t.backend.seconds_until_ready() for t in plan.targets)
+    return RateLimitError(
+        f"Every account of {', '.join(sorted({t.backend.name for t in plan.targets}))} is "
+        f"paused after running out of quota; ready again in {wait:.0f} s.",
+        code="insufficient_quota",
+        headers={"Retry-After": str(max(1, round(wait)))},
+    )
 
 
 def _can_fail_over(error: ProxyError) -> bool:
@@ -217,8 +133,7 @@ class CompletionService:
         return result
 
     def _finish(self, ctx: RequestContext) -> None:
-        if ctx.finished_at is None:
-            ctx.finished_at = time.perf_counter()
+        ctx.outcome.finish()
         if self.accounting is not None:
             try:
                 self.accounting.finished(ctx)
@@ -229,51 +144,28 @@ class CompletionService:
         self, body: dict[str, Any], ctx: RequestContext
     ) -> Completion | StreamingCompletion:
         session = self.sessions.load(ctx.session_id)
-        state = session.state
         extraction = self.commands.extract(body["messages"])
         model_now: str | None = None
         if extraction.commands:
-            outcome = self.commands.run(extraction.commands, session)
-            if outcome.error is not None:
-                ctx.command_only = True
-                return self.local_reply(body, outcome.error, ctx)
-            new_state = outcome.state
-            if outcome.immediate_oneoff and not extraction.command_only:
-                model_now, new_state = outcome.immediate_oneoff, new_state.changed(oneoff=None)
-            if new_state != state:
-                saved = self._save_changes(session, state, new_state)
-                if saved is None:
-                    ctx.command_only = True
-                    return self.local_reply(
-                        body,
-                        "Other requests changed this session at the same moment; nothing was "
-                        "changed. Send the command again.",
-                        ctx,
-                    )
-                session, state = saved, saved.state
-            if extraction.command_only:
-                ctx.command_only = True
-                return self.local_reply(body, "\n".join(outcome.lines), ctx)
+            ran = self._run_commands(body, extraction, session, ctx)
+            if isinstance(ran, (Completion, StreamingCompletion)):
+                return ran
+            session, model_now = ran
         else:
             self.sessions.touch_if_stale(session)
+        state = session.state
         if model_now is None and state.oneoff:
             claimed = self.sessions.save(session, state.changed(oneoff=None))
             if claimed is not None:  # exactly one request of this session takes the one-off
                 model_now = state.oneoff
         plan = self.router.plan(model_now or state.model or body.get("model"), state.backend)
         messages = merge_system_messages(extraction.messages)
-        redact = (
-            self.guards.redact_api_keys
-            if state.redact_api_keys is None
-            else (state.redact_api_keys)
-        )
-        if redact:
-            messages, ctx.redactions = self.redactor.redact_messages(messages)
+        outcome = ctx.outcome
+        if _chosen(state.redact_api_keys, self.guards.redact_api_keys):
+            messages, outcome.redactions = self.redactor.redact_messages(messages)
         upstream = dict(body)
         upstream["messages"] = messages
-        loops = (
-            self.guards.loop_detection if state.loop_detection is None else (state.loop_detection)
-        )
+        loops = _chosen(state.loop_detection, self.guards.loop_detection)
         if ctx.stream:
             result: Completion | StreamingCompletion = self._stream(
                 plan, upstream, body, ctx, loops
@@ -282,11 +174,40 @@ class CompletionService:
             upstream.pop("stream", None)
             upstream.pop("stream_options", None)
             result = self._complete(plan, upstream, ctx, loops)
-        if ctx.redactions:
-            result.headers["X-Qwenproxy-Redactions"] = str(ctx.redactions)
-        if ctx.max_tokens_lowered is not None:
-            result.headers[MAX_TOKENS_HEADER] = str(ctx.max_tokens_lowered)
+        if outcome.redactions:
+            result.headers["X-Qwenproxy-Redactions"] = str(outcome.redactions)
+        if outcome.max_tokens_lowered is not None:
+            result.headers[MAX_TOKENS_HEADER] = str(outcome.max_tokens_lowered)
         return result
+
+    def _run_commands(
+        self, body: dict[str, Any], extraction: Any, session: LoadedSession, ctx: RequestContext
+    ) -> Completion | StreamingCompletion | tuple[LoadedSession, str | None]:
+        """Run the request's in-chat commands: their local answer when that is all the
+        request holds (or they failed), else (the session as they left it, the model for
+        this request only)."""
+        ran = self.commands.run(extraction.commands, session)
+        if ran.error is not None:
+            ctx.outcome.command_only = True
+            return self._local_reply(body, ran.error, ctx)
+        state, new_state, model_now = session.state, ran.state, None
+        if ran.immediate_oneoff and not extraction.command_only:
+            model_now, new_state = ran.immediate_oneoff, new_state.changed(oneoff=None)
+        if new_state != state:
+            saved = self._save_changes(session, state, new_state)
+            if saved is None:
+                ctx.outcome.command_only = True
+                return self._local_reply(
+                    body,
+                    "Other requests changed this session at the same moment; nothing was "
+                    "changed. Send the command again.",
+                    ctx,
+                )
+            session = saved
+        if extraction.command_only:
+            ctx.outcome.command_only = True
+            return self._local_reply(body, "\n".join(ran.lines), ctx)
+        return session, model_now
 
     def _save_changes(
         self, session: LoadedSession, before: SessionState, after: SessionState
@@ -313,6 +234,9 @@ class CompletionService:
         last_error: ProxyError | None = None
         size = self.context_guard.measure(upstream) if self.context_guard else None
         unmarked: dict[str, Any] | None = None
+        outcome = ctx.outcome
+        watched = ctx.client_gone is not None or ctx.on_wait is not None
+        waiting = ctx.check_client if watched else None
         for target, account in plan.attempts():
             facts = self._facts(target)
             if ctx.cache_markers and not getattr(target.backend, "cache_markers", False):
@@ -320,7 +244,7 @@ class CompletionService:
                 body = {**unmarked, "model": target.upstream_model}
             else:
                 body = {**upstream, "model": target.upstream_model}
-            ctx.backend, ctx.upstream_model = target.backend.name, body["model"]
+            outcome.served_by(target.backend.name, body["model"])
             if size is not None and self.context_guard is not None:
                 try:
                     fit = self.context_guard.fit(size, upstream, facts)
@@ -328,20 +252,15 @@ class CompletionService:
                     last_error = exc  # a later target of a route may have a larger window
                     continue
                 if fit.max_tokens is not None:
-                    body[fit.field] = ctx.max_tokens_lowered = fit.max_tokens
+                    body[fit.field] = outcome.max_tokens_lowered = fit.max_tokens
                 else:
-                    ctx.max_tokens_lowered = None
-            ctx.attempts += 1
+                    outcome.max_tokens_lowered = None
+            outcome.attempts += 1
             started = time.perf_counter()
             try:
                 paused = target.backend.paused_answer(account)
                 if paused is not None:
                     raise paused
-                waiting = (
-                    ctx.check_client
-                    if ctx.client_gone is not None or ctx.on_wait is not None
-                    else None
-                )
                 result = getattr(target.backend, call)(body, account, waiting)
             except ContextLengthExceededError as exc:
                 # The upstream refused for length: never a failover (the next model would
@@ -354,24 +273,16 @@ class CompletionService:
                 last_error = exc
                 log.warning(
                     "attempt %d via %s:%s (account %d) failed with %s",
-                    ctx.attempts,
+                    outcome.attempts,
                     target.backend.name,
                     body["model"],
                     account,
                     exc.code,
                 )
                 continue
-            ctx.upstream_latency_ms = (time.perf_counter() - started) * 1000
+            outcome.upstream_latency_ms = (time.perf_counter() - started) * 1000
             return result, target
-        if last_error is not None:
-            raise last_error
-        wait = min(t.backend.seconds_until_ready() for t in plan.targets)
-        raise RateLimitError(
-            f"Every account of {', '.join(sorted({t.backend.name for t in plan.targets}))} is "
-            f"paused after running out of quota; ready again in {wait:.0f} s.",
-            code="insufficient_quota",
-            headers={"Retry-After": str(max(1, round(wait)))},
-        )
+        raise last_error if last_error is not None else _all_paused(plan)
 
     def _facts(self, target: Target) -> ModelFacts:
         if self.facts is None:
@@ -422,12 +333,12 @@ class CompletionService:
     ) -> Completion:
         reply, target = self._attempt(plan, upstream, ctx, "complete")
         usage = reply.body.get("usage")
-        ctx.usage = usage if isinstance(usage, dict) else None
+        ctx.outcome.usage = usage if isinstance(usage, dict) else None
         headers = {**self._served_by(target), **reply.headers}
         if loops:  # too late to save tokens, but the ledger and the client learn of it
             block = self.guards.loop_detector().feed(_message_text(reply.body))
             if block is not None:
-                ctx.loop_detected = True
+                ctx.outcome.loop_detected = True
                 headers["X-Qwenproxy-Loop-Detected"] = "true"
                 log.warning(
                     "answer from %s repeats itself: %r", target.backend.name, shorten_snippet(block)
@@ -457,80 +368,23 @@ class CompletionService:
                 accounting.stream_closed()
             self._finish(ctx)
 
-        frames = relay_stream(
+        events = relay_stream(
             opened,
             target.backend.name,
             ctx,
-            StreamRelaySettings(client_wants_usage, detector, self.stream_keepalive),
+            StreamRelaySettings(
+                client_wants_usage, detector, self.stream_keepalive, ctx.translated
+            ),
             started,
             ended,
         )
-        return StreamingCompletion(frames, self._served_by(target))
+        return StreamingCompletion(events, self._served_by(target))
 
-    # --- answers the proxy gives itself ---------------------------------------------------
-
-    def local_reply(
+    def _local_reply(
         self, body: dict[str, Any], text: str, ctx: RequestContext
     ) -> Completion | StreamingCompletion:
-        """A normal completion (or stream) that never touched an upstream: command results."""
-        ctx.backend, ctx.upstream_model = "local", "qwenproxy"
-        content = LOCAL_MARKER + text
-        created = int(time.time())
-        ident = f"chatcmpl-local-{int(time.time() * 1000):x}"
-        model = body.get("model") or "qwenproxy"
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        headers = {"X-Qwenproxy-Backend": "local", "X-Qwenproxy-Model": "qwenproxy"}
-        if not ctx.stream:
-            return Completion(
-                {
-                    "id": ident,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": usage,
-                },
-                headers,
-            )
-
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            return encode_data(
-                orjson.dumps(
-                    {
-                        "id": ident,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                    }
-                )
-            )
-
-        def frames() -> Iterator[bytes]:
-            try:
-                yield chunk({"role": "assistant", "content": content}, None)
-                yield chunk({}, "stop")
-                if (body.get("stream_options") or {}).get("include_usage"):
-                    yield encode_data(
-                        orjson.dumps(
-                            {
-                                "id": ident,
-                                "object": "chat.completion.chunk",
-                                "created": created,
-                                "model": model,
-                                "choices": [],
-                                "usage": usage,
-                            }
-                        )
-                    )
-                yield DONE_FRAME
-            finally:
-                self._finish(ctx)
-
-        return StreamingCompletion(frames(), headers)
+        """A command's answer, recorded as finished when it has been sent."""
+        answer = local_reply(body, text, ctx, lambda: self._finish(ctx))
+        if isinstance(answer, dict):
+            return Completion(answer, dict(LOCAL_HEADERS))
+        return StreamingCompletion(answer, dict(LOCAL_HEADERS))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http
 import logging
-import time
 from typing import Any
 
 import orjson
@@ -77,7 +76,7 @@ def gunicorn_refusal(exc: BaseException) -> ProxyError:
 def error_bytes(error: ProxyError, anthropic: bool = False) -> bytes:
     """A whole HTTP/1.1 response carrying `error` as JSON; the connection closes after it."""
     if anthropic:
-        from qwenproxy.services.anthropic_format import error_body_for
+        from qwenproxy.services.anthropic_answer import error_body_for
 
         body = orjson.dumps(error_body_for(error))
     else:
@@ -114,11 +113,11 @@ class EdgeGeventWorker(GeventWorker):
         accounting = getattr(services, "accounting", None)
         if accounting is None:
             return
-        from qwenproxy.services.completions import RequestContext
+        from qwenproxy.services.request_context import RequestContext
 
         ctx = RequestContext("", "")
         ctx.fail(error)
-        ctx.finished_at = time.perf_counter()
+        ctx.outcome.finish()
         try:
             accounting.finished(ctx)
         except Exception:  # accounting must never take the worker down

@@ -1,5 +1,7 @@
-"""Reading the chat pipeline's own SSE frames back, for the doors that speak another wire
-format: each frame becomes one call on a `StreamTranslator`, whose output is sent instead.
+"""The translated doors' side of a stream: a `StreamTranslator` turns the pipeline's typed
+events (services/stream_events.py) into another wire format's SSE frames, and
+`translate_events` runs one over a stream. Also the small readers of a chat answer that
+both translations share.
 """
 
 from __future__ import annotations
@@ -8,24 +10,30 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-import orjson
+from qwenproxy.services.stream_events import (
+    Done,
+    Finish,
+    KeepAlive,
+    ReasoningDelta,
+    StreamError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    chunk_events,
+    reasoning_text,
+)
 
 log = logging.getLogger(__name__)
 
-DATA_PREFIX = b"data: "
-DONE_DATA = b"[DONE]"
+__all__ = ["ChunkTranslator", "StreamTranslator", "reasoning_text", "translate_events"]
 
 
 class StreamTranslator(Protocol):
-    """Turns a chat-completions stream into another format's SSE frames."""
+    """Turns a chat-completions stream's events into another format's SSE frames."""
 
     def start(self) -> list[bytes]: ...
 
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]: ...
-
-    def ping(self) -> list[bytes]: ...
-
-    def done(self) -> list[bytes]: ...
+    def take(self, events: Iterable[Any]) -> tuple[list[bytes], bool]: ...
 
     def error(self, error: dict[str, Any]) -> list[bytes]: ...
 
@@ -49,19 +57,10 @@ def message_text(content: Any) -> str:
     return ""
 
 
-def reasoning_text(message: dict[str, Any]) -> str:
-    """A thinking model's reasoning in a message or delta: `reasoning_content` (DashScope,
-    vLLM, DeepSeek) or `reasoning` (OpenRouter)."""
-    text = message.get("reasoning_content")
-    if not isinstance(text, str) or not text:
-        text = message.get("reasoning")
-    return text if isinstance(text, str) else ""
-
-
 class ChunkTranslator:
-    """The part every translator shares: walk a chat chunk's first choice and hand its
-    reasoning, text and tool-call pieces to `_reasoning` / `_text` / `_tool_call`; note
-    usage and the finish."""
+    """The part every translator shares: take a batch of events and hand reasoning, text
+    and tool-call pieces to `_reasoning` / `_text` / `_tool_call`; note usage and the
+    finish; keep-alive, the end and a failure go to `ping` / `done` / `error`."""
 
     _usage: dict[str, Any] | None = None
     _finish: str | None = None
@@ -80,7 +79,7 @@ class ChunkTranslator:
     def _close_open(self) -> list[bytes]:
         raise NotImplementedError
 
-    def _new_tool(self, position: int, call: dict[str, Any]) -> Any:
+    def _new_tool(self, position: int, call: ToolCallDelta) -> Any:
         raise NotImplementedError
 
     def _start_tool(self, tool: Any) -> list[bytes]:
@@ -89,10 +88,9 @@ class ChunkTranslator:
     def _tool_piece(self, tool: Any, piece: str) -> list[bytes]:
         raise NotImplementedError
 
-    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    def _tool_call(self, call: ToolCallDelta) -> list[bytes]:
         out: list[bytes] = []
-        position = call.get("index") if isinstance(call.get("index"), int) else 0
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        position = call.position
         tool = self._tool_at(position)
         if tool is None:
             out.extend(self._close_open())
@@ -100,9 +98,9 @@ class ChunkTranslator:
         elif tool.closed:
             log.warning("dropping arguments for tool call %d after it was closed", position)
             return out
-        if not tool.name and isinstance(function.get("name"), str):
-            tool.name = function["name"]
-        piece = tool.arguments.feed(function.get("arguments"))
+        if not tool.name and call.name is not None:
+            tool.name = call.name
+        piece = tool.arguments.feed(call.arguments)
         if not tool.started and tool.name:
             out.extend(self._start_tool(tool))
         if piece:
@@ -112,76 +110,72 @@ class ChunkTranslator:
                 tool.pending.append(piece)
         return out
 
-    def _finished(self, choice: dict[str, Any]) -> None:
-        self._finish = choice["finish_reason"]
+    def _finished(self, finish: Finish) -> None:
+        self._finish = finish.reason
+
+    def ping(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def done(self) -> list[bytes]:
+        raise NotImplementedError
+
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    def take(self, events: Iterable[Any]) -> tuple[list[bytes], bool]:
+        """The frames for one batch of events, and whether the stream is over (Done or
+        StreamError: later events are not read)."""
+        out: list[bytes] = []
+        for event in events:
+            kind = type(event)
+            if kind is TextDelta:
+                out.extend(self._text(event.text))
+            elif kind is ReasoningDelta:
+                out.extend(self._reasoning(event.text))
+            elif kind is ToolCallDelta:
+                out.extend(self._tool_call(event))
+            elif kind is Usage:
+                self._usage = event.usage
+            elif kind is Finish:
+                self._finished(event)
+            elif kind is KeepAlive:
+                out.extend(self.ping())
+            elif kind is Done:
+                out.extend(self.done())
+                return out, True
+            elif kind is StreamError:
+                out.extend(self.error(event.error))
+                return out, True
+        return out, False
 
     def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-            reasoning = reasoning_text(delta)
-            if reasoning:
-                out.extend(self._reasoning(reasoning))
-            text = delta.get("content")
-            if isinstance(text, str) and text:
-                out.extend(self._text(text))
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    out.extend(self._tool_call(call))
-            if choice.get("finish_reason"):
-                self._finished(choice)
-        return out
+        """The frames for one chat.completion.chunk (its events, taken apart)."""
+        return self.take(chunk_events(chunk))[0]
 
 
-def translate_frames(frames: Iterator[bytes], translator: StreamTranslator) -> Iterator[bytes]:
-    """The translated stream. The pipeline's frames come one per item (`data: <chunk>`,
-    `: ping`, `data: [DONE]`, or `data: {"error": ...}` as the last one); a buffer keeps
-    this correct if one ever spans items. The pipeline's stream is read to its end (it
-    ends right after its last frame) so that it records the request as finished; closing
-    this generator early (the client left) closes the pipeline's too."""
+ENDED_EARLY = {"message": "The stream ended before it finished.", "type": "upstream_error"}
+
+
+def translate_events(
+    batches: Iterator[list[Any]], translator: StreamTranslator
+) -> Iterator[bytes]:
+    """The translated stream: one write per batch of the pipeline's events. The
+    pipeline's stream is read to its end (it ends right after its last event) so that it
+    records the request as finished; closing this generator early (the client left)
+    closes the pipeline's too. A stream that stops with neither Done nor an error ends
+    with the translator's error."""
     finished = False
     try:
-        yield from translator.start()
-        buffer = b""
-        for item in frames:
+        yield b"".join(translator.start())
+        for batch in batches:
             if finished:
                 continue
-            buffer = buffer + item if buffer else item
-            while b"\n\n" in buffer and not finished:
-                frame, buffer = buffer.split(b"\n\n", 1)
-                out, finished = _translate(frame, translator)
-                yield from out
+            out, finished = translator.take(batch)
+            if out:
+                yield b"".join(out)
         if not finished:
-            yield from translator.error(
-                {"message": "The stream ended before it finished.", "type": "upstream_error"}
-            )
+            yield b"".join(translator.error(dict(ENDED_EARLY)))
     finally:
-        close = getattr(frames, "close", None)
+        close = getattr(batches, "close", None)
         if close is not None:
             close()
-
-
-def _translate(frame: bytes, translator: StreamTranslator) -> tuple[Iterable[bytes], bool]:
-    if not frame.startswith(DATA_PREFIX):
-        return (translator.ping() if frame.startswith(b":") else ()), False
-    data = frame[len(DATA_PREFIX) :]
-    if data == DONE_DATA:
-        return translator.done(), True
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        payload = None
-    if not isinstance(payload, dict):
-        return translator.error(
-            {"message": "The proxy could not read a stream event.", "type": "upstream_error"}
-        ), True
-    if "error" in payload and not payload.get("choices"):
-        error = payload["error"]
-        if not isinstance(error, dict):
-            error = {"message": str(error), "type": "upstream_error"}
-        return translator.error(error), True
-    return translator.chunk(payload), False

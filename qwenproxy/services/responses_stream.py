@@ -22,7 +22,9 @@ from qwenproxy.services.responses_answer import (
     usage_of,
 )
 from qwenproxy.services.responses_format import ResponsesRequest
+from qwenproxy.services.stream_events import ToolCallDelta
 from qwenproxy.services.tool_arguments import ArgumentStream
+from qwenproxy.sse import KEEPALIVE_FRAME, encode_event
 
 # --- the stream -----------------------------------------------------------------------
 
@@ -32,13 +34,17 @@ class _Item:
     output_index: int
     id: str
     kind: str  # "message", "call" or "reasoning"
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # the text, joined when it is needed
     call_id: str = ""
     name: str = ""
     arguments: ArgumentStream = field(default_factory=ArgumentStream)
     started: bool = False
     pending: list[str] = field(default_factory=list)
     closed: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
 class ResponsesStream(ChunkTranslator):
@@ -76,7 +82,7 @@ class ResponsesStream(ChunkTranslator):
         ]
 
     def ping(self) -> list[bytes]:
-        return [b": ping\n\n"]
+        return [KEEPALIVE_FRAME]
 
     def done(self) -> list[bytes]:
         out = self._close_open()
@@ -146,7 +152,7 @@ class ResponsesStream(ChunkTranslator):
         return item, out
 
     def _part_delta(self, item: _Item, event: str, text: str, **extra: Any) -> list[bytes]:
-        item.text += text
+        item.pieces.append(text)
         return [
             self._event(
                 event,
@@ -161,9 +167,9 @@ class ResponsesStream(ChunkTranslator):
     def _tool_at(self, position: int) -> _Item | None:
         return self._calls.get(position)
 
-    def _new_tool(self, position: int, call: dict[str, Any]) -> _Item:
+    def _new_tool(self, position: int, call: ToolCallDelta) -> _Item:
         item = self._new_item("call", new_id("fc"))
-        item.call_id = call.get("id") or new_id("call")
+        item.call_id = call.id or new_id("call")
         self._calls[position] = item
         self._open_call = item
         return item
@@ -321,4 +327,4 @@ class ResponsesStream(ChunkTranslator):
     def _event(self, event_type: str, **fields: Any) -> bytes:
         payload = {"type": event_type, "sequence_number": self._sequence, **fields}
         self._sequence += 1
-        return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+        return encode_event(event_type.encode(), orjson.dumps(payload))

@@ -1,26 +1,36 @@
-"""Relaying an upstream SSE stream to the client (`relay_stream`): events passed on with
-tool-call indexes filled in, keep-alives in silences, and the frames that end a stream
-early (an error, a loop, a client gone). The events themselves, with their gaps, come
-from `UpstreamStream.batches`."""
+"""Relaying an upstream SSE stream to the client (`relay_stream`): the upstream's events
+read once into typed events (services/stream_events.py) with tool-call indexes filled in,
+keep-alives in silences, and the events that end a stream early (an error, a loop, a
+client gone); `chat_frames` encodes them for the chat door. The upstream's events, with
+their gaps, come from `UpstreamStream.batches`."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from qwenproxy.errors import ProxyError, UpstreamError
 from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
 from qwenproxy.services.guards import LoopDetector, shorten_snippet
+from qwenproxy.services.request_context import RequestContext
+from qwenproxy.services.stream_events import (
+    DONE,
+    KEEP_ALIVE,
+    ChatChunk,
+    Done,
+    Finish,
+    KeepAlive,
+    StreamError,
+    TextDelta,
+    chunk_events,
+    error_event,
+)
 from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, encode_data
-
-if TYPE_CHECKING:
-    from qwenproxy.services.completions import RequestContext
 
 log = logging.getLogger(__name__)
 CLIENT_CHECK_S = 1.0  # during upstream silence, how often a stream looks for its client
@@ -70,24 +80,27 @@ def has_finish(chunk: dict[str, Any]) -> bool:
     return any(isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or ())
 
 
-def loop_stop_frames(last: dict[str, Any], block: str) -> Iterator[bytes]:
-    """A closing notice, a `finish_reason: stop` chunk and [DONE], shaped like `last`."""
-    base = {key: last[key] for key in ("id", "object", "created", "model") if key in last}
+def loop_stop_events(last: dict[str, Any], block: str, typed: bool) -> list[Any]:
+    """A closing notice, a `finish_reason: stop` and the end, shaped like `last`."""
     notice = (
         "\n\n[qwenproxy] Response stopped: the model kept repeating itself "
         f'("{shorten_snippet(block)}").'
     )
-    for delta, finish in (({"content": notice}, None), ({}, "stop")):
-        yield encode_data(
+    if typed:
+        return [TextDelta(notice), Finish("stop"), DONE]
+    base = {key: last[key] for key in ("id", "object", "created", "model") if key in last}
+    return [
+        ChatChunk(
             orjson.dumps(
                 {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             )
         )
-    yield DONE_FRAME
+        for delta, finish in (({"content": notice}, None), ({}, "stop"))
+    ] + [DONE]
 
 
-def error_frame(error: ProxyError) -> bytes:
-    return encode_data(orjson.dumps(error.to_body()))
+def error_events(error: ProxyError) -> list[Any]:
+    return [error_event(error.to_body())]
 
 
 def delta_text(chunk: dict[str, Any]) -> str:
@@ -103,7 +116,85 @@ def delta_text(chunk: dict[str, Any]) -> str:
 class StreamRelaySettings:
     client_wants_usage: bool  # else the upstream's usage chunk is kept for the ledger only
     detector: LoopDetector | None  # None: loop detection off for this request
-    keepalive: float | None  # seconds of silence before a `: ping`
+    keepalive: float | None  # seconds of silence before a keep-alive
+    typed: bool = False  # a translated door: the chunks' pieces, not ChatChunks
+
+
+class _Reader:
+    """Turns the upstream's events of one read into the client's typed events, noting
+    on `ctx` what accounting needs (first token, usage, an error, a loop)."""
+
+    def __init__(
+        self, upstream: UpstreamStream, name: str, ctx: RequestContext, s: StreamRelaySettings
+    ) -> None:
+        self.upstream, self.name, self.ctx = upstream, name, ctx
+        self.wants_usage, self.detector, self.typed = s.client_wants_usage, s.detector, s.typed
+        self.indexer = ToolCallIndexer()
+        self.finished = False  # the upstream sent a finish_reason
+        self.what = f"Backend {name} sent a stream event with"
+
+    def read(self, batch: list[Any]) -> tuple[list[Any], bool]:
+        """(the events for the client, whether the last of them has come)."""
+        out: list[Any] = []
+        ctx, outcome = self.ctx, self.ctx.outcome
+        for event in batch:
+            data = event.data
+            if data == DONE_DATA:
+                out.append(DONE)
+                return out, True
+            chunk = parse_upstream_object(data, self.what)
+            if outcome.first_token_at is None:
+                outcome.first_token(ctx.started)
+            if "error" in chunk and not chunk.get("choices"):
+                log.warning("backend %s sent an error event mid-stream", self.name)
+                error = chunk["error"]
+                code = error.get("code") if isinstance(error, dict) else None
+                outcome.upstream_failed(code)
+                out.append(error_event(chunk) if self.typed else ChatChunk(data))
+                return out, True
+            if not self._take(chunk, data, out):
+                continue
+            if self.detector is not None and b'"content"' in data:
+                block = self.detector.feed(delta_text(chunk))
+                if block is not None:
+                    self.upstream.close()  # stop paying for the loop at once
+                    outcome.loop_detected = True
+                    log.warning("stopped a looping stream from %s", self.name)
+                    out.extend(loop_stop_events(chunk, block, self.typed))
+                    return out, True
+        return out, False
+
+    def _take(self, chunk: dict[str, Any], data: bytes, out: list[Any]) -> bool:
+        """Add one chunk's events to `out`; False when it is dropped (a usage-only chunk
+        the client did not ask for)."""
+        changed = False
+        usage = chunk.get("usage")
+        if usage:
+            self.ctx.outcome.usage = usage
+            if not self.wants_usage:
+                if not chunk.get("choices"):
+                    return False
+                del chunk["usage"]
+                changed = True
+        if not self.finished:
+            self.finished = has_finish(chunk)
+        if b'"tool_calls"' in data and self.indexer.fill(chunk):
+            changed = True
+        if self.typed:
+            chunk_events(chunk, out)
+        else:  # an event of several `data:` lines holds newlines: re-encode it
+            out.append(ChatChunk(orjson.dumps(chunk) if changed or b"\n" in data else data))
+        return True
+
+
+def _silence_step(keepalive: float | None, watched: bool) -> float | None:
+    """Silence is waited out in steps: a keep-alive after `keepalive` seconds of it, and,
+    when the client's connection can be watched, a look at it every second or so."""
+    if not watched:
+        return keepalive
+    if keepalive:  # equal steps of at most CLIENT_CHECK_S that add up to `keepalive`
+        return keepalive / math.ceil(keepalive / CLIENT_CHECK_S)
+    return CLIENT_CHECK_S
 
 
 def relay_stream(
@@ -113,111 +204,80 @@ def relay_stream(
     settings: StreamRelaySettings,
     started: Callable[[], None],
     ended: Callable[[], None],
-) -> Iterator[bytes]:
-    """The client's frames of an open upstream stream `name`: events passed on (usage
-    kept back unless asked for, tool-call indexes filled in), keep-alives during silence,
-    a stop when the model loops or the client leaves, an error frame when the upstream
-    fails. `started` runs when the relay begins, `ended` when it is over, always."""
-    client_wants_usage, detector = settings.client_wants_usage, settings.detector
-    indexer = ToolCallIndexer()
-    finished = False  # the upstream sent a finish_reason
-    completed = False  # the last frame for the client is on its way
+) -> Iterator[list[Any]]:
+    """The client's events of an open upstream stream `name`, a list per upstream read:
+    chunks passed on (usage kept back unless asked for, tool-call indexes filled in),
+    keep-alives during silence, a stop when the model loops or the client leaves, an
+    error when the upstream fails. `started` runs when the relay begins, `ended` when it
+    is over, always."""
+    reader = _Reader(upstream, name, ctx, settings)
+    completed = False  # the last event for the client is on its way
     started()
-    keepalive = settings.keepalive
-    probe = ctx.client_gone
-    # Silence is waited out in steps: a keep-alive after `keepalive` seconds of it, and,
-    # when the client's connection can be watched, a look at it every second or so.
-    if probe is None:
-        wait = keepalive
-    elif keepalive:  # equal steps of at most CLIENT_CHECK_S that add up to `keepalive`
-        wait = keepalive / math.ceil(keepalive / CLIENT_CHECK_S)
-    else:
-        wait = CLIENT_CHECK_S
+    keepalive, probe = settings.keepalive, ctx.client_gone
+    wait = _silence_step(keepalive, probe is not None)
     silent = 0.0
     try:
         for batch in upstream.batches(wait):
             if batch is None:
                 if probe is not None and probe():
-                    ctx.status, ctx.error_code = 499, "client_disconnected"
+                    ctx.outcome.client_left()
                     log.info("client left a silent stream from %s: closing it", name)
                     completed = True
                     return
                 silent += wait or 0.0
                 if keepalive and silent >= keepalive - 1e-6:
                     silent = 0.0
-                    yield KEEPALIVE_FRAME
+                    yield [KEEP_ALIVE]
                 continue
             silent = 0.0
-            out: list[bytes] = []  # what one upstream read gives: one write to the client
-            last = False
-            for event in batch:
-                data = event.data
-                if data == DONE_DATA:
-                    out.append(DONE_FRAME)
-                    last = True
-                    break
-                chunk = parse_upstream_object(data, f"Backend {name} sent a stream event with")
-                if ctx.first_token_at is None:
-                    ctx.first_token_at = time.perf_counter()
-                    ctx.ttft_ms = (ctx.first_token_at - ctx.started) * 1000
-                if "error" in chunk and not chunk.get("choices"):
-                    log.warning("backend %s sent an error event mid-stream", name)
-                    error = chunk["error"]
-                    code = error.get("code") if isinstance(error, dict) else None
-                    ctx.status, ctx.error_code = 502, code or "upstream_error"
-                    out.append(encode_data(data))
-                    last = True
-                    break
-                changed = False
-                usage = chunk.get("usage")
-                if usage:
-                    ctx.usage = usage
-                    if not client_wants_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
-                        changed = True
-                if not finished:
-                    finished = has_finish(chunk)
-                if b'"tool_calls"' in data and indexer.fill(chunk):
-                    changed = True
-                # An event of several `data:` lines holds newlines: re-encode it.
-                out.append(
-                    encode_data(orjson.dumps(chunk) if changed or b"\n" in data else data)
-                )
-                if detector is not None and b'"content"' in data:
-                    block = detector.feed(delta_text(chunk))
-                    if block is not None:
-                        upstream.close()  # stop paying for the loop at once
-                        ctx.loop_detected = True
-                        log.warning("stopped a looping stream from %s", name)
-                        out.extend(loop_stop_frames(chunk, block))
-                        last = True
-                        break
-            completed = last
+            out, completed = reader.read(batch)
             if out:
-                yield b"".join(out)
-            if last:
+                yield out
+            if completed:
                 return
-        if not finished:
+        if not reader.finished:
             raise UpstreamError(f"Backend {name} closed the stream before it finished.")
         completed = True
-        yield DONE_FRAME
+        yield [DONE]
     except ProxyError as exc:
         log.warning("stream from %s failed: %s", name, exc.code)
         ctx.fail(exc)
         completed = True
-        yield error_frame(exc)
+        yield error_events(exc)
     except Exception:  # e.g. a chunk of an unexpected shape: still end the stream cleanly
         log.exception("stream from %s could not be relayed", name)
         error = UpstreamError(f"Backend {name} sent a stream the proxy could not relay.")
         ctx.fail(error)
         completed = True
-        yield error_frame(error)
+        yield error_events(error)
     except GeneratorExit:
-        if not completed:  # closed before its last frame: the client went away
-            ctx.status, ctx.error_code = 499, "client_disconnected"
+        if not completed:  # closed before its last event: the client went away
+            ctx.outcome.client_left()
         raise
     finally:
         upstream.close()
         ended()
+
+
+def chat_frames(batches: Iterator[list[Any]]) -> Iterator[bytes]:
+    """The chat door's wire: OpenAI SSE, one write per batch of events."""
+    try:
+        for batch in batches:
+            yield b"".join([_chat_frame(event) for event in batch])
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
+def _chat_frame(event: Any) -> bytes:
+    kind = type(event)
+    if kind is ChatChunk:
+        return encode_data(event.data)
+    if kind is KeepAlive:
+        return KEEPALIVE_FRAME
+    if kind is Done:
+        return DONE_FRAME
+    if kind is StreamError:
+        return encode_data(orjson.dumps({"error": event.error}))
+    raise TypeError(f"the chat door has no frame for {kind.__name__}")

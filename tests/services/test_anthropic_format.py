@@ -7,12 +7,8 @@ import json
 import pytest
 
 from qwenproxy.errors import InvalidRequestError, RateLimitError, ServiceUnavailableError
-from qwenproxy.services.anthropic_format import (
-    AnthropicRequest,
-    error_body_for,
-    to_chat_request,
-    to_message,
-)
+from qwenproxy.services.anthropic_answer import error_body_for, to_message
+from qwenproxy.services.anthropic_format import AnthropicRequest, to_chat_request
 from qwenproxy.services.anthropic_stream import AnthropicStream
 from tests.fake_upstream import USAGE_CHUNK, chunk, completion
 
