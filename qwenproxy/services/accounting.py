@@ -55,6 +55,7 @@ def usage_record(ctx: RequestContext, prices: PriceTable | None = None) -> Usage
         failover_attempts=max(0, ctx.attempts - 1),
         loop_detected=ctx.loop_detected,
         command_only=ctx.command_only,
+        upstream_key_id=ctx.upstream_key_id,
     )
     rec.apply_usage(ctx.usage)
     if ctx.first_token_at is not None:  # streams: generation time after the first token

@@ -35,12 +35,14 @@ from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
+from qwenproxy.services.limits import LimitEngine
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.model_lists import ModelListRefresher, model_list_sources
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.prices import PriceTable
 from qwenproxy.services.prompt_cache import markers_enabled
+from qwenproxy.services.quota import QuotaGate
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.qwen_tokens import PromptCounter
 from qwenproxy.services.router import Router, RouteStore
@@ -93,6 +95,7 @@ class Services:
     facts: ModelFactsBook = field(default_factory=ModelFactsBook)
     tokens: PromptCounter = field(default_factory=PromptCounter)
     model_lists: ModelListRefresher | None = None
+    quota: QuotaGate | None = None  # None when accounting is off (limits count the ledger)
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -233,6 +236,17 @@ def build_services(
     accounting = Accounting(
         ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
     )
+    quota = None
+    if isinstance(ledger, UsageLedger):
+        engine = LimitEngine(db, clock, flush=ledger.flush)
+        ledger.batch_hooks.append(engine.hand_back_sql)
+        windows = config.effective_quota_windows()
+        key_ids = {
+            name: [backends[name].key_id(i) or str(i) for i in range(len(backends[name].accounts))]
+            for name in windows
+            if name in backends
+        }
+        quota = QuotaGate(engine, windows, key_ids, clock)
     completions = CompletionService(
         router,
         sessions,
@@ -252,6 +266,7 @@ def build_services(
             tokens, enabled=config.context_guard, floor=config.context_min_output_tokens
         ),
         facts=facts,
+        quota=quota,
     )
     return Services(
         config=config,
@@ -273,4 +288,5 @@ def build_services(
         facts=facts,
         tokens=tokens,
         model_lists=model_lists,
+        quota=quota,
     )

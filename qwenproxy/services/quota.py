@@ -1,0 +1,246 @@
+"""Quota windows per upstream key and budgets per client key, on the limit engine
+(services/limits.py): which limits a request meets, the 429s when one is spent, the
+`X-Qwenproxy-Quota-Remaining` header, how long an exhausted key is paused, and the
+`/usage/quota` report. A request counts toward the key that answered it (its final
+attempt); only requests that reached an upstream count toward a key's windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from qwenproxy.config_values import duration_seconds
+from qwenproxy.errors import BudgetExceededError, QuotaExhaustedError
+from qwenproxy.services.limits import LimitEngine, Scope
+
+REMAINING_HEADER = "X-Qwenproxy-Quota-Remaining"
+UKEY_DIM = "ukey"
+BUDGETS = (
+    # (attribute of the client key, measure, period, what the message calls it)
+    ("requests_per_day", "requests", "day", "requests per day"),
+    ("tokens_per_month", "tokens", "month", "tokens per month"),
+    ("cost_per_month", "cost", "month", "cost per month"),
+)
+
+
+def key_id_of(secret: str) -> str:
+    """A stable, non-secret id of an upstream key: 12 hex digits of its SHA-256."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Spent:
+    """A key whose window is spent: which window, and when it reopens."""
+
+    backend: str
+    window: str
+    reopens_at: float
+
+
+class QuotaGate:
+    """Quota windows of the backends that have them (`windows`: {backend: {window:
+    limit}}), and the budgets of named client keys, enforced through `engine`."""
+
+    def __init__(
+        self,
+        engine: LimitEngine,
+        windows: Mapping[str, Mapping[str, int]],
+        key_ids: Mapping[str, list[str]],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.windows = {b: dict(w) for b, w in windows.items() if b in key_ids}
+        self.key_ids = {b: list(ids) for b, ids in key_ids.items()}
+        self._clock = clock
+        self._scopes: dict[tuple[str, str], list[tuple[str, Scope]]] = {}
+        self._budget_keys: set[str] = set()
+        engine.counts_with(self.counted)
+
+    # --- quota windows -------------------------------------------------------------------
+
+    def scopes(self, backend: str, key_id: str) -> list[tuple[str, Scope]]:
+        """(window name, scope) of each window of one upstream key."""
+        found = self._scopes.get((backend, key_id))
+        if found is None:
+            found = [
+                (
+                    window,
+                    Scope(
+                        f"q:{backend}/{key_id}:{window}",
+                        UKEY_DIM,
+                        f"{backend}/{key_id}",
+                        limit,
+                        seconds=duration_seconds(window),
+                    ),
+                )
+                for window, limit in self.windows.get(backend, {}).items()
+            ]
+            self._scopes[(backend, key_id)] = found
+        return found
+
+    def admit(self, backend: str, key_id: str | None) -> Spent | None:
+        """Take one request from every window of the key; None when admitted (or the
+        backend has no windows), else the spent window (nothing is taken then)."""
+        if key_id is None or backend not in self.windows:
+            return None
+        taken: list[Scope] = []
+        for window, scope in self.scopes(backend, key_id):
+            if not self.engine.take(scope):
+                for done in taken:
+                    self.engine.give_back(done)
+                used = self.engine.used(scope)
+                reopens = self.engine.frees_at(scope, used) or self._clock() + 60.0
+                return Spent(backend, window, reopens)
+            taken.append(scope)
+        return None
+
+    def give_back(self, backend: str, key_id: str | None) -> None:
+        """An admitted attempt that was not the request's last: the key is not counted."""
+        if key_id is None or backend not in self.windows:
+            return
+        for _, scope in self.scopes(backend, key_id):
+            self.engine.give_back(scope)
+
+    def remaining(self, backend: str, key_id: str | None) -> int | None:
+        """The smallest remaining count over the key's windows (this instance's view)."""
+        if key_id is None or backend not in self.windows:
+            return None
+        scopes = self.scopes(backend, key_id)
+        known = [v for _, s in scopes if (v := self.engine.remaining_estimate(s)) is not None]
+        return min(known) if known else None
+
+    def pause_seconds(self, backend: str, key_id: str | None) -> float | None:
+        """How long to pause a key the upstream called exhausted: until its fullest window
+        (by our counts) frees a request; None without windows or counts."""
+        if key_id is None or backend not in self.windows:
+            return None
+        best: tuple[float, Scope, float] | None = None
+        for _, scope in self.scopes(backend, key_id):
+            used = self.engine.used(scope)
+            share = used / scope.limit
+            if used > 0 and (best is None or share > best[0]):
+                best = (share, scope, used)
+        if best is None:
+            return None
+        _, scope, used = best
+        frees = self.engine.frees_at(scope, max(used, scope.limit))
+        return None if frees is None else max(1.0, frees - self._clock())
+
+    def refusal(self, spent: list[Spent]) -> QuotaExhaustedError:
+        first = min(spent, key=lambda s: s.reopens_at)
+        wait = max(1, round(first.reopens_at - self._clock()))
+        names = ", ".join(sorted({f"{s.backend} ({s.window})" for s in spent}))
+        return QuotaExhaustedError(
+            f"Every key of {names} has spent its request window; the first reopens at "
+            f"{iso(first.reopens_at)} ({first.backend}, {first.window} window, in {wait} s).",
+            headers={"Retry-After": str(wait)},
+        )
+
+    def counted(self, rec: Any) -> Iterable[str]:
+        """The request limits a ledger row counts toward (the engine's hand-back)."""
+        keys: list[str] = []
+        ukey = getattr(rec, "upstream_key_id", None)
+        if ukey and rec.backend in self.windows:
+            keys.extend(scope.key for _, scope in self.scopes(rec.backend, ukey))
+        client = rec.client_key_id
+        if client and rec.error_code != "budget_exceeded":
+            key = f"b:{client}:requests_per_day"
+            if key in self._budget_keys:
+                keys.append(key)
+        return keys
+
+    # --- client-key budgets --------------------------------------------------------------
+
+    def budget_scopes(self, client_key: Any) -> list[tuple[str, str, Scope]]:
+        found = []
+        for attr, measure, period, label in BUDGETS:
+            limit = getattr(client_key, attr, None)
+            if limit is None:
+                continue
+            key = f"b:{client_key.key_id}:{attr}"
+            scope = Scope(key, "key", client_key.key_id, float(limit), measure, period=period)
+            found.append((measure, label, scope))
+        return found
+
+    def check_budgets(self, client_key: Any) -> list[Scope]:
+        """Admit a request of a named client key against its budgets; the token and cost
+        scopes taken (hand them to `budgets_done` when the request ends). Raises
+        BudgetExceededError (Retry-After at the period's end) when one is spent."""
+        if client_key is None:
+            return []
+        taken: list[Scope] = []
+        spending: list[Scope] = []
+        for measure, label, scope in self.budget_scopes(client_key):
+            if measure == "requests":
+                self._budget_keys.add(scope.key)
+                admitted = self.engine.take(scope)
+            else:
+                admitted = self.engine.may_spend(scope)
+            if not admitted:
+                for done in taken:
+                    self.engine.give_back(done)
+                self.budgets_done(spending)
+                raise self._over_budget(client_key, label, scope)
+            (taken if measure == "requests" else spending).append(scope)
+        return spending
+
+    def budgets_done(self, spending: list[Scope]) -> None:
+        for scope in spending:
+            self.engine.spent(scope)
+
+    def _over_budget(self, client_key: Any, label: str, scope: Scope) -> BudgetExceededError:
+        end = scope.period_end(self._clock())
+        wait = max(1, round(end - self._clock()))
+        limit = scope.limit if scope.measure == "cost" else int(scope.limit)
+        return BudgetExceededError(
+            f"Client key {client_key.name!r} has spent its budget of {limit} {label}; it "
+            f"renews at {iso(end)} (the start of the next UTC "
+            f"{'day' if scope.period == 'day' else 'month'}).",
+            headers={"Retry-After": str(wait)},
+        )
+
+    # --- the report ----------------------------------------------------------------------
+
+    def report(self) -> list[dict[str, Any]]:
+        """Every window of every key of every backend with windows, read afresh."""
+        rows = []
+        for backend in sorted(self.windows):
+            for key_id in self.key_ids.get(backend, []):
+                for window, scope in self.scopes(backend, key_id):
+                    used = self.engine.used(scope)
+                    rows.append(
+                        {
+                            "backend": backend,
+                            "key_id": key_id,
+                            "window": window,
+                            "limit": int(scope.limit),
+                            "used": int(used),
+                            "remaining": max(0, int(scope.limit - used)),
+                            "resets_at": iso(self.engine.frees_at(scope, used)),
+                        }
+                    )
+        return rows
+
+
+def quota_metrics_text(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """`qwenproxy_quota_remaining{backend,key_id,window}` in Prometheus text format (read
+    from the database at scrape time, so every instance reports the shared count)."""
+    lines = [
+        "# HELP qwenproxy_quota_remaining Requests left in each window of each upstream key.",
+        "# TYPE qwenproxy_quota_remaining gauge",
+    ]
+    for row in rows:
+        labels = ",".join(f'{name}="{row[name]}"' for name in ("backend", "key_id", "window"))
+        lines.append(f"qwenproxy_quota_remaining{{{labels}}} {row['remaining']}")
+    return ("\n".join(lines) + "\n").encode()
