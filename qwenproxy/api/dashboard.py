@@ -235,7 +235,7 @@ def render_dashboard(
 def dashboard() -> Response:
     since, since_s = since_param()
     overview = services().ledger.overview(since_s, recent=RECENT_ROWS)
-    quota = services().quota
+    quota = getattr(services(), "quota", None)
     quota_html = ""
     if quota is not None and quota.windows:  # templates/quota_gauges.html
         quota_html = render_template("quota_gauges.html", rows=quota.report())

@@ -83,14 +83,14 @@ def usage_recent() -> dict[str, Any]:
 
 @bp.get("/usage/quota")
 def usage_quota() -> dict[str, Any]:
-    quota = services().quota
+    quota = getattr(services(), "quota", None)
     return {"object": "usage.quota", "data": quota.report() if quota is not None else []}
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     body, content_type = services().metrics.render()
-    quota = services().quota
+    quota = getattr(services(), "quota", None)
     if quota is not None and quota.windows:
         body += quota_metrics_text(quota.report())
     return Response(body, content_type=content_type)

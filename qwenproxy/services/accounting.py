@@ -95,9 +95,11 @@ class Accounting:
         self._known_model = known_model
         self._prices = prices
 
-    def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> UsageRecord:
+        """Record a finished request; its ledger row."""
         rec = usage_record(ctx, self._prices)
         self.ledger.record(rec)
+        kept = rec
         named = rec.upstream_model or rec.requested_model  # a refusal has only the latter
         if named and not self._known_model(named):
             # Metric labels stay bounded whatever model names clients send.
@@ -108,6 +110,7 @@ class Accounting:
                 self.metrics.failover()
         if ctx.loop_detected:
             self.metrics.loop_detected()
+        return kept
 
     def stream_opened(self) -> None:
         self.metrics.stream_opened()

@@ -230,14 +230,15 @@ class CompletionService:
     def _finish(self, ctx: RequestContext) -> None:
         if ctx.finished_at is None:
             ctx.finished_at = time.perf_counter()
-        if ctx.budget_spends and self.quota is not None:
-            self.quota.budgets_done(ctx.budget_spends)
-            ctx.budget_spends = []
+        record = None
         if self.accounting is not None:
             try:
-                self.accounting.finished(ctx)
+                record = self.accounting.finished(ctx)
             except Exception:  # accounting must never break a request
                 log.exception("recording a finished request failed")
+        if ctx.budget_spends and self.quota is not None:
+            self.quota.budgets_done(ctx.budget_spends, record)
+            ctx.budget_spends = []
 
     def _handle(
         self, body: dict[str, Any], ctx: RequestContext

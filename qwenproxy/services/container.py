@@ -174,6 +174,7 @@ def build_services(
             oauth_accounts,
             oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
             timeout,
+            clock=clock,  # pauses (out of quota) run on the services' clock
             cache_markers=markers_enabled("qwen-oauth", config.cache_markers),
         )
     }
@@ -188,6 +189,7 @@ def build_services(
             accounts,
             spec.catalog,
             timeout,
+            clock=clock,
             cache_markers=markers_enabled(spec.name, config.cache_markers),
         )
     db = Database(config.database_url or default_database_url(config.data_dir))

@@ -294,21 +294,28 @@ class LimitEngine:
         with state.lock:
             if state.inflight > 0:
                 return False
-            if self._flush is not None:
-                self._flush()
+            self.settle()
             state.used, state.read_at = self.used(scope), self._clock()
             if state.used >= scope.limit:
                 return False
             state.inflight += 1
             return True
 
-    def spent(self, scope: Scope) -> None:
-        """A request admitted by `may_spend` has finished."""
+    def spent(self, scope: Scope, amount: float = 0.0) -> None:
+        """A request admitted by `may_spend` has finished, spending `amount` (added to this
+        instance's reading until the next one, which counts it from the ledger)."""
         state = self._spends.get(scope.key)
         if state is not None and state.inflight > 0:
             state.inflight -= 1
+            state.used += amount
 
     # --- readings ----------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Write this instance's finished requests, so the next reading counts them (on
+        refusal paths only: a flush waits for the database)."""
+        if self._flush is not None:
+            self._flush()
 
     def used(self, scope: Scope) -> float:
         sql, params = used_sql(scope, self._clock())

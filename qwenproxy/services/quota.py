@@ -99,6 +99,7 @@ class QuotaGate:
             if not self.engine.take(scope):
                 for done in taken:
                     self.engine.give_back(done)
+                self.engine.settle()
                 used = self.engine.used(scope)
                 reopens = self.engine.frees_at(scope, used) or self._clock() + 60.0
                 return Spent(backend, window, reopens)
@@ -134,6 +135,7 @@ class QuotaGate:
         if best is None:
             return None
         _, scope, used = best
+        self.engine.settle()
         frees = self.engine.frees_at(scope, max(used, scope.limit))
         return None if frees is None else max(1.0, frees - self._clock())
 
@@ -142,7 +144,8 @@ class QuotaGate:
         wait = max(1, round(first.reopens_at - self._clock()))
         names = ", ".join(sorted({f"{s.backend} ({s.window})" for s in spent}))
         return QuotaExhaustedError(
-            f"Every key of {names} has spent its request window; the first reopens at "
+            f"Quota exhausted: every key of {names} has spent its request window; the first "
+            f"reopens at "
             f"{iso(first.reopens_at)} ({first.backend}, {first.window} window, in {wait} s).",
             headers={"Retry-After": str(wait)},
         )
@@ -195,9 +198,19 @@ class QuotaGate:
             (taken if measure == "requests" else spending).append(scope)
         return spending
 
-    def budgets_done(self, spending: list[Scope]) -> None:
+    def budgets_done(self, spending: list[Scope], record: Any = None) -> None:
+        """A request holding places in token or cost budgets ended; `record` (its ledger
+        row, when known) says what it spent."""
         for scope in spending:
-            self.engine.spent(scope)
+            amount = None
+            if record is not None:
+                if scope.measure == "tokens":
+                    amount = record.total_tokens
+                    if amount is None:
+                        amount = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+                else:
+                    amount = record.cost
+            self.engine.spent(scope, float(amount or 0))
 
     def _over_budget(self, client_key: Any, label: str, scope: Scope) -> BudgetExceededError:
         end = scope.period_end(self._clock())

@@ -85,7 +85,8 @@ def test_two_instances_share_one_limit_exactly_across_flushes(db):
     assert admitted == 57
     assert counted(db, scope) == 57
     # Nothing is leased twice: the leases hold no request the aggregates already count.
-    rows = db.query("SELECT SUM(outstanding) FROM qp_limit_leases WHERE scope = :s", {"s": scope.key})
+    sql = "SELECT SUM(outstanding) FROM qp_limit_leases WHERE scope = :s"
+    rows = db.query(sql, {"s": scope.key})
     assert rows[0][0] == 0
 
 
