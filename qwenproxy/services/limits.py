@@ -3,8 +3,9 @@ shared by every instance on one database. Each instance leases a block of a requ
 limit's remaining count in one locked transaction (`qp_limit_leases`) and admits from it
 without touching the database; the ledger writer hands back, in the transaction that
 counts a batch, the leased requests it counts. Near a limit blocks shrink to one request,
-so every request is reserved in the database. Token and cost limits admit freely far from
-the limit and one request at a time per instance near it, each after a fresh read.
+so every request is reserved in the database. Token and cost limits lease units the same
+way, each request reserving the most one request has spent; near the limit (when not even
+that is left) one request per instance at a time, each after a fresh read.
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ LEASE_TTL_S = 60.0  # a dead instance's share is free again after this
 LEASE_USE_S = 30.0  # an instance re-leases (re-reads the counts) at least this often
 MAX_BLOCK = 100  # requests one lease hands out at most
 BLOCK_SHARE = 10  # a lease takes at most 1/BLOCK_SHARE of what is available
-SPEND_READ_S = 2.0  # how old a token/cost reading may be far from the limit
-SPEND_NEAR = 0.2  # "near" a token/cost limit: less than this share of it left
 MEASURES = {"requests": "requests", "tokens": "total_tokens", "cost": "cost_sum"}
+SCALES = {"requests": 1, "tokens": 1, "cost": 1_000_000}  # lease units per measure unit
 
 leases_table = sa.Table(
     "qp_limit_leases",
@@ -126,28 +126,21 @@ _HAND_BACK = (
 
 
 class _Lease:
-    """This instance's share of one request limit."""
+    """This instance's share of one limit, in units (requests, tokens, or millionths of a
+    currency unit). Invariant: its row's `outstanding` = left + pending."""
 
-    __slots__ = ("left", "valid_until", "pending", "available", "granted", "lock")
+    __slots__ = ("left", "valid_until", "pending", "available", "granted", "estimate",
+                 "near", "scale", "lock")  # fmt: skip
 
-    def __init__(self) -> None:
-        self.left = 0  # requests this instance may still admit without the database
+    def __init__(self, scale: int, estimate: float) -> None:
+        self.left = 0.0  # units this instance may still admit without the database
         self.valid_until = 0.0
-        self.pending = 0  # admitted, not yet counted by the ledger
+        self.pending = 0.0  # admitted or spent, not yet counted by the ledger
         self.available = 0.0  # what was available when the lease was taken
-        self.granted = 0
-        self.lock = threading.Lock()
-
-
-class _Spend:
-    """What this instance knows of one token or cost limit."""
-
-    __slots__ = ("used", "read_at", "inflight", "lock")
-
-    def __init__(self) -> None:
-        self.used = 0.0
-        self.read_at = float("-inf")
-        self.inflight = 0
+        self.granted = 0.0
+        self.estimate = estimate  # units one request reserves (tokens/cost: the most seen)
+        self.near = 0  # requests admitted near the limit, without a reserve
+        self.scale = scale
         self.lock = threading.Lock()
 
 
@@ -168,41 +161,46 @@ class LimitEngine:
         self.instance = instance or uuid.uuid4().hex
         self._flush = flush  # writes this instance's finished requests (near a limit)
         self._leases: dict[str, _Lease] = {}
-        self._spends: dict[str, _Spend] = {}
-        self._counted: Callable[[Any], Iterable[str]] = lambda rec: ()
+        self._counted: Callable[[Any], Iterable[tuple[str, float]]] = lambda rec: ()
 
-    def counts_with(self, counted: Callable[[Any], Iterable[str]]) -> None:
-        """`counted(record)`: the keys of the request limits a ledger row counts toward."""
+    def counts_with(self, counted: Callable[[Any], Iterable[tuple[str, float]]]) -> None:
+        """`counted(record)`: (limit key, amount) of each limit a ledger row counts toward
+        (1 for a request limit, its tokens or cost for the others)."""
         self._counted = counted
+
+    def _lease_of(self, scope: Scope) -> _Lease:
+        lease = self._leases.get(scope.key)
+        if lease is None:
+            scale = SCALES[scope.measure]
+            estimate = 1.0 if scope.measure == "requests" else 0.0
+            lease = self._leases.setdefault(scope.key, _Lease(scale, estimate))
+        return lease
+
+    def _debit(self, lease: _Lease, units: float) -> bool:
+        if units > 0 and lease.left >= units and self._clock() < lease.valid_until:
+            lease.left -= units
+            lease.pending += units
+            return True
+        return False
 
     # --- request counts --------------------------------------------------------------
 
     def take(self, scope: Scope) -> bool:
         """Admit one request against `scope`: from this instance's lease, or (when it is
         used up or old) after leasing more in the database. False: the limit is spent."""
-        lease = self._leases.get(scope.key)
-        if lease is None:
-            lease = self._leases.setdefault(scope.key, _Lease())
-        if lease.left > 0 and self._clock() < lease.valid_until:
-            lease.left -= 1
-            lease.pending += 1
+        lease = self._lease_of(scope)
+        if self._debit(lease, 1):
             return True
         with lease.lock:
-            if lease.left > 0 and self._clock() < lease.valid_until:
-                lease.left -= 1
-                lease.pending += 1
+            if self._debit(lease, 1):
                 return True
-            self._lease(scope, lease)
-            if lease.left <= 0:
-                return False
-            lease.left -= 1
-            lease.pending += 1
-            return True
+            self._lease(scope, lease, 1)
+            return self._debit(lease, 1)
 
     def give_back(self, scope: Scope) -> None:
         """An admitted request that will not be counted (it went to another key)."""
         lease = self._leases.get(scope.key)
-        if lease is not None and lease.pending > 0:
+        if lease is not None and lease.pending >= 1:
             lease.pending -= 1
             lease.left += 1
 
@@ -213,14 +211,57 @@ class LimitEngine:
             return None
         return max(0, int(lease.available - (lease.granted - lease.left)))
 
-    def _lease(self, scope: Scope, lease: _Lease) -> None:
+    # --- tokens and cost ---------------------------------------------------------------
+
+    def may_spend(self, scope: Scope) -> float | None:
+        """Admit a request against a token or cost limit: its reserve (hand it to `spent`)
+        or None when the limit is spent. Far from the limit a request reserves the most
+        one request of this instance has spent so far, from the lease; near it (or before
+        anything was seen) one request of this instance at a time, reserving nothing,
+        after this instance's rows are written and the counts read afresh."""
+        lease = self._lease_of(scope)
+        if self._debit(lease, lease.estimate):
+            return lease.estimate
+        with lease.lock:
+            if self._debit(lease, lease.estimate):
+                return lease.estimate
+            if lease.near > 0:
+                return None
+            self.settle()
+            self._lease(scope, lease, max(lease.estimate, 1.0))
+            if self._debit(lease, lease.estimate):
+                return lease.estimate
+            if lease.available <= 0:
+                return None
+            lease.near += 1
+            return 0.0
+
+    def spent(self, scope: Scope, reserve: float, amount: float) -> None:
+        """A request admitted by `may_spend` with `reserve` ended, spending `amount` (in
+        the measure's own unit): the lease keeps it pending until the ledger counts it."""
+        lease = self._leases.get(scope.key)
+        if lease is None:
+            return
+        units = amount * lease.scale
+        lease.left -= units - reserve
+        lease.pending += units - reserve
+        lease.estimate = max(lease.estimate, units)
+        if reserve == 0 and lease.near > 0:
+            lease.near -= 1
+
+    # --- leasing -----------------------------------------------------------------------
+
+    def _lease(self, scope: Scope, lease: _Lease, want: float) -> None:
+        """Take a new block (in one locked transaction) in place of what is left of the
+        current one: a share of what no instance holds, at least `want` units if there
+        is that much; none if not."""
         now = self._clock()
         used_text, params = used_sql(scope, now)
-        old_left = lease.left if lease.left > 0 else 0
+        old_left = lease.left
         values = {**params, "scope": scope.key, "me": self.instance, "now": now}
         lock_pg = not self._db.is_sqlite
 
-        def work(conn: Any) -> tuple[float, int]:
+        def work(conn: Any) -> tuple[float, float]:
             cursor = conn.cursor()
             try:
                 if lock_pg:
@@ -231,15 +272,15 @@ class LimitEngine:
                     cursor.execute("BEGIN IMMEDIATE")
                 cursor.execute(self._db.sql(_ACQUIRE_SQL.format(used=used_text)), values)
                 used, others, own = cursor.fetchone()
-                pending = max(0, int(own) - old_left)
-                available = scope.limit - float(used) - float(others) - pending
-                grant = _block(available)
+                pending = max(0.0, float(own) - old_left)
+                available = (scope.limit - float(used)) * lease.scale - float(others) - pending
+                grant = _block(available, want)
                 cursor.execute(
                     self._db.sql(_LEASE_UPSERT),
                     {
                         "scope": scope.key,
                         "me": self.instance,
-                        "delta": grant - old_left,
+                        "delta": round(grant - old_left),
                         "expires": now + LEASE_TTL_S,
                     },
                 )
@@ -255,59 +296,32 @@ class LimitEngine:
 
     def hand_back_sql(self, batch: Sequence[Any]) -> Callable[[Any], None] | None:
         """What the ledger writer runs in the transaction that counts `batch`: this
-        instance's leases lose the requests the batch counts (so a request is counted once:
-        leased until then, in the aggregates after). Called on the writer's side of the
-        hub; returns None when the batch counts toward no lease."""
-        counts: dict[str, int] = {}
+        instance's leases lose what the batch counts (so a request is counted once: leased
+        until then, in the aggregates after). Called on the hub's side before the batch is
+        written; returns None when the batch counts toward no lease."""
+        counts: dict[str, float] = {}
         for rec in batch:
-            for key in self._counted(rec):
+            for key, amount in self._counted(rec):
                 lease = self._leases.get(key)
-                if lease is not None and lease.pending > counts.get(key, 0):
-                    counts[key] = counts.get(key, 0) + 1
+                if lease is None:
+                    continue
+                units = min(amount * lease.scale, lease.pending - counts.get(key, 0.0))
+                if units > 0:
+                    counts[key] = counts.get(key, 0.0) + units
         if not counts:
             return None
-        for key, n in counts.items():
-            self._leases[key].pending -= n
+        for key, units in counts.items():
+            self._leases[key].pending -= units
         statement = self._db.sql(_HAND_BACK)
-        rows = [{"n": n, "scope": key, "me": self.instance} for key, n in sorted(counts.items())]
+        rows = [
+            {"n": round(units), "scope": key, "me": self.instance}
+            for key, units in sorted(counts.items())
+        ]
 
         def run(cursor: Any) -> None:
             cursor.executemany(statement, rows)
 
         return run
-
-    # --- tokens and cost ---------------------------------------------------------------
-
-    def may_spend(self, scope: Scope) -> bool:
-        """Whether a request may start against a token or cost limit. Far from it: by a
-        reading at most SPEND_READ_S old. Near it: one request of this instance at a
-        time, each after this instance's rows are written and the count read afresh."""
-        state = self._spends.get(scope.key)
-        if state is None:
-            state = self._spends.setdefault(scope.key, _Spend())
-        now = self._clock()
-        if now - state.read_at > SPEND_READ_S:
-            state.used, state.read_at = self.used(scope), now
-        if scope.limit - state.used > scope.limit * SPEND_NEAR:
-            state.inflight += 1
-            return True
-        with state.lock:
-            if state.inflight > 0:
-                return False
-            self.settle()
-            state.used, state.read_at = self.used(scope), self._clock()
-            if state.used >= scope.limit:
-                return False
-            state.inflight += 1
-            return True
-
-    def spent(self, scope: Scope, amount: float = 0.0) -> None:
-        """A request admitted by `may_spend` has finished, spending `amount` (added to this
-        instance's reading until the next one, which counts it from the ledger)."""
-        state = self._spends.get(scope.key)
-        if state is not None and state.inflight > 0:
-            state.inflight -= 1
-            state.used += amount
 
     # --- readings ----------------------------------------------------------------------
 
@@ -350,9 +364,9 @@ class LimitEngine:
         return now + 60.0
 
 
-def _block(available: float) -> int:
-    """How many requests one lease takes: a share of what is available, one near the
-    limit, none when nothing is."""
-    if available < 1:
-        return 0
-    return int(max(1, min(MAX_BLOCK, available // BLOCK_SHARE)))
+def _block(available: float, want: float) -> float:
+    """How many units one lease takes: a share of what is available (at most MAX_BLOCK
+    requests' worth), at least `want`; none when not even that is available."""
+    if available < want or available <= 0:
+        return 0.0
+    return float(int(max(want, min(MAX_BLOCK * want, available // BLOCK_SHARE))))

@@ -150,17 +150,19 @@ class QuotaGate:
             headers={"Retry-After": str(wait)},
         )
 
-    def counted(self, rec: Any) -> Iterable[str]:
-        """The request limits a ledger row counts toward (the engine's hand-back)."""
-        keys: list[str] = []
+    def counted(self, rec: Any) -> Iterable[tuple[str, float]]:
+        """(limit key, amount) of each limit a ledger row counts toward (the engine's
+        hand-back): the windows of the key that answered it, its client key's budgets."""
+        keys: list[tuple[str, float]] = []
         ukey = getattr(rec, "upstream_key_id", None)
         if ukey and rec.backend in self.windows:
-            keys.extend(scope.key for _, scope in self.scopes(rec.backend, ukey))
+            keys.extend((scope.key, 1.0) for _, scope in self.scopes(rec.backend, ukey))
         client = rec.client_key_id
         if client and rec.error_code != "budget_exceeded":
-            key = f"b:{client}:requests_per_day"
-            if key in self._budget_keys:
-                keys.append(key)
+            for attr, _, _, _ in BUDGETS:
+                key = f"b:{client}:{attr}"
+                if key in self._budget_keys:
+                    keys.append((key, _amount(attr, rec)))
         return keys
 
     # --- client-key budgets --------------------------------------------------------------
@@ -176,41 +178,40 @@ class QuotaGate:
             found.append((measure, label, scope))
         return found
 
-    def check_budgets(self, client_key: Any) -> list[Scope]:
+    def check_budgets(self, client_key: Any) -> list[tuple[Scope, float]]:
         """Admit a request of a named client key against its budgets; the token and cost
-        scopes taken (hand them to `budgets_done` when the request ends). Raises
+        places taken (hand them to `budgets_done` when the request ends). Raises
         BudgetExceededError (Retry-After at the period's end) when one is spent."""
         if client_key is None:
             return []
         taken: list[Scope] = []
-        spending: list[Scope] = []
+        spending: list[tuple[Scope, float]] = []
         for measure, label, scope in self.budget_scopes(client_key):
+            self._budget_keys.add(scope.key)
+            reserve: float | None = None
             if measure == "requests":
-                self._budget_keys.add(scope.key)
                 admitted = self.engine.take(scope)
             else:
-                admitted = self.engine.may_spend(scope)
+                reserve = self.engine.may_spend(scope)
+                admitted = reserve is not None
             if not admitted:
                 for done in taken:
                     self.engine.give_back(done)
                 self.budgets_done(spending)
                 raise self._over_budget(client_key, label, scope)
-            (taken if measure == "requests" else spending).append(scope)
+            if reserve is None:
+                taken.append(scope)
+            else:
+                spending.append((scope, reserve))
         return spending
 
-    def budgets_done(self, spending: list[Scope], record: Any = None) -> None:
+    def budgets_done(self, spending: list[tuple[Scope, float]], record: Any = None) -> None:
         """A request holding places in token or cost budgets ended; `record` (its ledger
         row, when known) says what it spent."""
-        for scope in spending:
-            amount = None
-            if record is not None:
-                if scope.measure == "tokens":
-                    amount = record.total_tokens
-                    if amount is None:
-                        amount = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-                else:
-                    amount = record.cost
-            self.engine.spent(scope, float(amount or 0))
+        for scope, reserve in spending:
+            attr = scope.key.rsplit(":", 1)[1]
+            amount = _amount(attr, record) if record is not None else 0.0
+            self.engine.spent(scope, reserve, amount)
 
     def _over_budget(self, client_key: Any, label: str, scope: Scope) -> BudgetExceededError:
         end = scope.period_end(self._clock())
@@ -244,6 +245,18 @@ class QuotaGate:
                         }
                     )
         return rows
+
+
+def _amount(attr: str, rec: Any) -> float:
+    """What a ledger row adds to the budget named by `attr`."""
+    if attr == "requests_per_day":
+        return 1.0
+    if attr == "tokens_per_month":
+        total = rec.total_tokens
+        if total is None:
+            total = (rec.prompt_tokens or 0) + (rec.completion_tokens or 0)
+        return float(total)
+    return float(rec.cost or 0.0)
 
 
 def quota_metrics_text(rows: Iterable[Mapping[str, Any]]) -> bytes:

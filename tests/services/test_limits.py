@@ -3,7 +3,9 @@ expiry of a dead instance's share, and token limits near their end."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -42,7 +44,9 @@ class Instance:
         self.engine = LimitEngine(db, clock, flush=self.ledger.flush)
         self.ledger.batch_hooks.append(self.engine.hand_back_sql)
         # what QuotaGate.counted says in the app: a row answered by key k1 counts toward it
-        self.engine.counts_with(lambda rec: ["q:b/k1:5h"] if rec.upstream_key_id == "k1" else [])
+        self.engine.counts_with(
+            lambda rec: [("q:b/k1:5h", 1)] if rec.upstream_key_id == "k1" else []
+        )
         self.clock = clock
 
     def serve(self, scope: Scope, ukey: str = "k1") -> bool:
@@ -154,18 +158,85 @@ def test_a_rolling_window_frees_when_its_oldest_request_leaves(db):
     assert instance.serve(scope)
 
 
+def tokens_counted(rec):
+    return [("b:c1:tokens_per_month", rec.total_tokens)] if rec.client_key_id == "c1" else []
+
+
 def test_a_token_limit_admits_one_request_at_a_time_near_its_end(db):
     clock = Clock()
     instance = Instance(db, clock)
+    instance.engine.counts_with(tokens_counted)
     scope = Scope("b:c1:tokens_per_month", "key", "c1", 1000, "tokens", period="month")
-    rec = UsageRecord(started_at=clock(), client_key_id="c1", total_tokens=850, prompt_tokens=850)
-    instance.ledger.record(rec)
-    instance.ledger.flush()
     engine = instance.engine
-    assert engine.may_spend(scope)  # 150 left: near the end, one at a time
-    assert not engine.may_spend(scope)
-    instance.ledger.record(
-        UsageRecord(started_at=clock(), client_key_id="c1", total_tokens=200, prompt_tokens=200)
-    )
-    engine.spent(scope)
-    assert not engine.may_spend(scope)  # the fresh read (after a flush) sees 1,050
+
+    def finish(reserve: float, tokens: int) -> None:
+        instance.ledger.record(
+            UsageRecord(started_at=clock(), client_key_id="c1", total_tokens=tokens)
+        )
+        engine.spent(scope, reserve, tokens)
+
+    reserve = engine.may_spend(scope)
+    assert reserve == 0.0  # nothing seen yet: one at a time
+    assert engine.may_spend(scope) is None
+    finish(reserve, 100)
+    reserves = [engine.may_spend(scope) for _ in range(8)]
+    assert reserves == [100.0] * 8  # far from the end: each reserves the most seen
+    for reserve in reserves:
+        finish(reserve, 100)
+    instance.ledger.flush()
+    last = engine.may_spend(scope)
+    assert last == 100.0  # the 100 left, reserved whole
+    assert engine.may_spend(scope) is None  # nothing left for another
+    finish(last, 100)
+    assert engine.may_spend(scope) is None  # the fresh read (after a flush) sees 1,000
+    assert counted_tokens(db, scope) == 1000
+
+
+def counted_tokens(db: Database, scope: Scope) -> float:
+    return LimitEngine(db, Clock()).used(scope)
+
+
+def test_two_instances_under_a_concurrent_burst_keep_one_budget(db):
+    """A client key's requests-per-day and tokens-per-month budgets, each instance with
+    its writer running and eight threads asking at once."""
+    clock = Clock()
+    day = Scope("b:c1:requests_per_day", "key", "c1", 30, period="day")
+    tokens = Scope("b:c2:tokens_per_month", "key", "c2", 500, "tokens", period="month")
+    instances = [Instance(db, clock), Instance(db, clock)]
+
+    def counted(rec):
+        if rec.client_key_id == "c1":
+            return [(day.key, 1)]
+        return [(tokens.key, rec.total_tokens)] if rec.client_key_id == "c2" else []
+
+    for instance in instances:
+        instance.engine.counts_with(counted)
+        instance.ledger.start()
+    served = {"day": 0, "tokens": 0}
+    lock = threading.Lock()
+
+    def ask(i: int) -> None:
+        instance = instances[i % 2]
+        engine = instance.engine
+        if engine.take(day):
+            instance.ledger.record(UsageRecord(started_at=clock(), client_key_id="c1"))
+            with lock:
+                served["day"] += 1
+        reserve = engine.may_spend(tokens)
+        if reserve is not None:
+            rec = UsageRecord(started_at=clock(), client_key_id="c2", total_tokens=40)
+            instance.ledger.record(rec)
+            engine.spent(tokens, reserve, 40)
+            with lock:
+                served["tokens"] += 1
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(ask, range(120)))
+    finally:
+        for instance in instances:
+            instance.ledger.close()
+    assert served["day"] == 30  # leased exactly: no overshoot at all for request counts
+    used = LimitEngine(db, clock).used(tokens)
+    assert used == 40 * served["tokens"]
+    assert 500 - 2 * 40 <= used <= 500 + 40 * len(instances)  # <= one request per instance over
