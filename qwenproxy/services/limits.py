@@ -225,6 +225,10 @@ class LimitEngine:
         with lease.lock:
             if self._debit(lease, lease.estimate):
                 return lease.estimate
+            if lease.estimate > 0:  # a new block, if a whole reserve is still available
+                self._lease(scope, lease, lease.estimate)
+                if self._debit(lease, lease.estimate):
+                    return lease.estimate
             if lease.near > 0:
                 return None
             self.settle()

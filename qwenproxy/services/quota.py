@@ -65,6 +65,7 @@ class QuotaGate:
         self._clock = clock
         self._scopes: dict[tuple[str, str], list[tuple[str, Scope]]] = {}
         self._budget_keys: set[str] = set()
+        self._budget_cache: dict[tuple[Any, ...], list[tuple[str, str, Scope]]] = {}
         engine.counts_with(self.counted)
 
     # --- quota windows -------------------------------------------------------------------
@@ -168,6 +169,13 @@ class QuotaGate:
     # --- client-key budgets --------------------------------------------------------------
 
     def budget_scopes(self, client_key: Any) -> list[tuple[str, str, Scope]]:
+        """(measure, label, scope) of each budget of a client key (kept per key and limits:
+        this runs on every request of a named key)."""
+        limits = tuple(getattr(client_key, attr, None) for attr, _, _, _ in BUDGETS)
+        cache_key = (client_key.key_id, limits)
+        cached = self._budget_cache.get(cache_key)
+        if cached is not None:
+            return cached
         found = []
         for attr, measure, period, label in BUDGETS:
             limit = getattr(client_key, attr, None)
@@ -176,6 +184,9 @@ class QuotaGate:
             key = f"b:{client_key.key_id}:{attr}"
             scope = Scope(key, "key", client_key.key_id, float(limit), measure, period=period)
             found.append((measure, label, scope))
+        if len(self._budget_cache) > 10000:  # keys change rarely; bound it anyway
+            self._budget_cache.clear()
+        self._budget_cache[cache_key] = found
         return found
 
     def check_budgets(self, client_key: Any) -> list[tuple[Scope, float]]:
