@@ -92,5 +92,5 @@ def metrics() -> Response:
     body, content_type = services().metrics.render()
     quota = getattr(services(), "quota", None)
     if quota is not None and quota.windows:
-        body += quota_metrics_text(quota.report())
+        body += quota_metrics_text(quota.report(resets=False))
     return Response(body, content_type=content_type)

@@ -6,6 +6,7 @@ tests can build them with fakes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from qwenproxy.services.store import Database, default_database_url
 from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
 
+log = logging.getLogger(__name__)
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
 
 
@@ -239,6 +241,10 @@ def build_services(
         ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
     )
     quota = None
+    if config.disable_accounting and config.effective_quota_windows():
+        log.warning(
+            "quota windows are not enforced: DISABLE_ACCOUNTING=true (they count the ledger)"
+        )
     if isinstance(ledger, UsageLedger):
         engine = LimitEngine(db, clock, flush=ledger.flush)
         ledger.batch_hooks.append(engine.hand_back_sql)
