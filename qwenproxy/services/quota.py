@@ -19,6 +19,7 @@ from qwenproxy.errors import BudgetExceededError, QuotaExhaustedError
 from qwenproxy.services.limits import LimitEngine, Scope
 
 REMAINING_HEADER = "X-Qwenproxy-Quota-Remaining"
+SPENT_RECHECK_S = 1.0  # a spent key is looked at again (in the database) after this
 UKEY_DIM = "ukey"
 BUDGETS = (
     # (attribute of the client key, measure, period, what the message calls it)
@@ -65,6 +66,7 @@ class QuotaGate:
         self._clock = clock
         self._scopes: dict[tuple[str, str], list[tuple[str, Scope]]] = {}
         self._budget_keys: set[str] = set()
+        self._spent: dict[tuple[str, str], tuple[Spent, float]] = {}  # refusal, until
         self._budget_cache: dict[tuple[Any, ...], list[tuple[str, str, Scope]]] = {}
         engine.counts_with(self.counted)
 
@@ -95,6 +97,10 @@ class QuotaGate:
         backend has no windows), else the spent window (nothing is taken then)."""
         if key_id is None or backend not in self.windows:
             return None
+        now = self._clock()
+        known = self._spent.get((backend, key_id))
+        if known is not None and now < known[1]:
+            return known[0]  # refused a moment ago: no database work for each refusal
         taken: list[Scope] = []
         for window, scope in self.scopes(backend, key_id):
             if not self.engine.take(scope):
@@ -102,8 +108,10 @@ class QuotaGate:
                     self.engine.give_back(done)
                 self.engine.settle()
                 used = self.engine.used(scope)
-                reopens = self.engine.frees_at(scope, used) or self._clock() + 60.0
-                return Spent(backend, window, reopens)
+                reopens = self.engine.frees_at(scope, used) or now + 60.0
+                spent = Spent(backend, window, reopens)
+                self._spent[(backend, key_id)] = (spent, min(now + SPENT_RECHECK_S, reopens))
+                return spent
             taken.append(scope)
         return None
 

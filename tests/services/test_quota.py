@@ -235,3 +235,15 @@ def test_a_spent_budget_is_429_budget_exceeded_until_the_period_ends(
     assert refused.value.status == 429 and refused.value.code == "budget_exceeded"
     assert abs(int(refused.value.headers["Retry-After"]) - (end - time.time())) <= 2
     assert "alice" in refused.value.message
+
+
+def test_a_stream_carries_the_quota_remaining_header(plan_app, fake_b):
+    app, _ = plan_app(windows={"coding-plan": {"5h": 10}})
+    response = app.test_client().post(
+        "/v1/chat/completions",
+        json={"model": "qwen3-coder-plus", "stream": True,
+              "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 200
+    assert response.headers[REMAINING_HEADER] == "9"
+    response.get_data()  # read the stream to its end
