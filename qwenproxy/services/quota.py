@@ -16,7 +16,7 @@ from typing import Any
 
 from qwenproxy.config_values import duration_seconds
 from qwenproxy.errors import BudgetExceededError, QuotaExhaustedError
-from qwenproxy.services.limits import LimitEngine, Scope
+from qwenproxy.services.limits import LEASE_TTL_S, LimitEngine, Scope
 
 REMAINING_HEADER = "X-Qwenproxy-Quota-Remaining"
 SPENT_RECHECK_S = 1.0  # a spent key is looked at again (in the database) after this
@@ -108,7 +108,10 @@ class QuotaGate:
                     self.engine.give_back(done)
                 self.engine.settle()
                 used = self.engine.used(scope)
-                reopens = self.engine.frees_at(scope, used) or now + 60.0
+                if used < scope.limit:  # what is left is leased by other instances
+                    reopens = now + LEASE_TTL_S  # they use it, or their leases lapse
+                else:
+                    reopens = self.engine.frees_at(scope, used) or now + 60.0
                 spent = Spent(backend, window, reopens)
                 self._spent[(backend, key_id)] = (spent, min(now + SPENT_RECHECK_S, reopens))
                 return spent
