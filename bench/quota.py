@@ -44,8 +44,12 @@ def one_request(gate: QuotaGate | None, key: ClientKey | None, ledger: UsageLedg
         gate.admit("coding-plan", "k1")
         gate.remaining("coding-plan", "k1")
     rec = UsageRecord(
-        started_at=time.time(), backend="coding-plan", upstream_key_id="k1",
-        client_key_id=key.key_id if key else None, total_tokens=10, cost=0.0001,
+        started_at=time.time(),
+        backend="coding-plan",
+        upstream_key_id="k1",
+        client_key_id=key.key_id if key else None,
+        total_tokens=10,
+        cost=0.0001,
     )
     ledger.record(rec)  # both sides: the row every request writes anyway
     if gate is not None and spends:

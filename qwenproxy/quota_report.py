@@ -39,8 +39,9 @@ def format_rows(rows: Sequence[Mapping[str, Any]]) -> str:
         ["-" if row[h] is None else str(row[h]) for h in HEADINGS] for row in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADINGS))]
-    rendered = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                for line in lines]
+    rendered = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    ]
     return "\n".join([rendered[0], "-" * max(len(r) for r in rendered), *rendered[1:]])
 
 
@@ -55,8 +56,9 @@ def cmd_quota(config: Config, args: argparse.Namespace) -> int:
         print(f"quota: cannot open the database: {type(exc).__name__}", file=sys.stderr)
         return 1
     try:
-        gate = QuotaGate(LimitEngine(db), config.effective_quota_windows(),
-                         configured_key_ids(config))
+        gate = QuotaGate(
+            LimitEngine(db), config.effective_quota_windows(), configured_key_ids(config)
+        )
         rows = gate.report()
     except ProxyError as exc:
         print(f"quota: {exc.message}", file=sys.stderr)

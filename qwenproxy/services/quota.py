@@ -264,9 +264,7 @@ class QuotaGate:
                             "limit": int(scope.limit),
                             "used": int(used),
                             "remaining": max(0, int(scope.limit - used)),
-                            "resets_at": iso(self.engine.frees_at(scope, used))
-                            if resets
-                            else None,
+                            "resets_at": iso(self.engine.frees_at(scope, used)) if resets else None,
                         }
                     )
         return rows

@@ -18,9 +18,7 @@ BURST = 40
 USER = [{"role": "user", "content": "hi"}]
 
 
-def test_two_instances_on_one_postgresql_share_one_quota_window(
-    start_proxy, fake_b, tmp_path
-):
+def test_two_instances_on_one_postgresql_share_one_quota_window(start_proxy, fake_b, tmp_path):
     url = database_url_for("postgresql", tmp_path)  # emptied; skips without PostgreSQL
     env = {
         "DATABASE_URL": url,
@@ -37,6 +35,7 @@ def test_two_instances_on_one_postgresql_share_one_quota_window(
             clients[i % 2].chat.completions.create(model="qwen3-coder-plus", messages=USER)
             return "served"
         except openai.RateLimitError as exc:
+            assert int(exc.response.headers["retry-after"]) >= 1
             return exc.code or "429"
 
     with ThreadPoolExecutor(16) as pool:

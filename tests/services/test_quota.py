@@ -103,9 +103,13 @@ def test_a_spent_key_is_skipped_then_the_client_gets_quota_exhausted(plan_app, f
 def test_quota_exhausted_is_anthropic_shaped_on_messages(plan_app, fake_b):
     app, _ = plan_app(windows={"coding-plan": {"1d": 1}})
     client = app.test_client()
-    body = {"model": "qwen3-coder-plus", "max_tokens": 10,
-            "messages": [{"role": "user", "content": "hi"}]}
-    assert client.post("/v1/messages", json=body).status_code == 200
+    body = {
+        "model": "qwen3-coder-plus",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    first = client.post("/v1/messages", json=body)
+    assert first.status_code == 200 and first.headers[REMAINING_HEADER] == "0"
     assert client.post("/v1/messages", json=body).status_code == 200
     refused = client.post("/v1/messages", json=body)
     assert refused.status_code == 429 and "Retry-After" in refused.headers
@@ -114,8 +118,9 @@ def test_quota_exhausted_is_anthropic_shaped_on_messages(plan_app, fake_b):
     assert "quota exhausted" in refused.json["error"]["message"].lower()
 
 
-def test_the_report_and_the_cli_agree_with_the_ledger(plan_app, plan_config, fake_b, capsys,
-                                                       monkeypatch):
+def test_the_report_and_the_cli_agree_with_the_ledger(
+    plan_app, plan_config, fake_b, capsys, monkeypatch
+):
     app, services = plan_app(windows={"coding-plan": {"5h": 10, "7d": 100}})
     client = app.test_client()
     for _ in range(5):
@@ -126,8 +131,10 @@ def test_the_report_and_the_cli_agree_with_the_ledger(plan_app, plan_config, fak
         served[key_of(request)] += 1
     report = client.get("/usage/quota").json["data"]
     assert {(r["key_id"], r["window"]): r["used"] for r in report} == {
-        (ID_A, "5h"): served[KEY_A], (ID_A, "7d"): served[KEY_A],
-        (ID_B, "5h"): served[KEY_B], (ID_B, "7d"): served[KEY_B],
+        (ID_A, "5h"): served[KEY_A],
+        (ID_A, "7d"): served[KEY_A],
+        (ID_B, "5h"): served[KEY_B],
+        (ID_B, "7d"): served[KEY_B],
     }
     for row in report:
         assert row["remaining"] == row["limit"] - row["used"]
@@ -216,9 +223,16 @@ def ask(services, key: StandInKey):
 def test_a_spent_budget_is_429_budget_exceeded_until_the_period_ends(
     plan_app, budget, served, period
 ):
-    prices = parse_prices("MODEL_PRICES", json.dumps(
-        {"coding-plan": {"qwen3-coder-plus": {"input": 100.0, "output": 100.0, "currency": "USD"}}}
-    ))
+    prices = parse_prices(
+        "MODEL_PRICES",
+        json.dumps(
+            {
+                "coding-plan": {
+                    "qwen3-coder-plus": {"input": 100.0, "output": 100.0, "currency": "USD"}
+                }
+            }
+        ),
+    )
     _, services = plan_app(windows={}, model_prices=prices)
     key = StandInKey(**budget)
     for _ in range(served):
@@ -241,8 +255,11 @@ def test_a_stream_carries_the_quota_remaining_header(plan_app, fake_b):
     app, _ = plan_app(windows={"coding-plan": {"5h": 10}})
     response = app.test_client().post(
         "/v1/chat/completions",
-        json={"model": "qwen3-coder-plus", "stream": True,
-              "messages": [{"role": "user", "content": "hi"}]},
+        json={
+            "model": "qwen3-coder-plus",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
     )
     assert response.status_code == 200
     assert response.headers[REMAINING_HEADER] == "9"
