@@ -16,6 +16,7 @@ from pathlib import Path
 from qwenproxy import __version__
 from qwenproxy.config import Config, ConfigError
 from qwenproxy.errors import ProxyError
+from qwenproxy.quota_report import add_quota_command
 from qwenproxy.services.qwen_creds import CredentialsFile, api_base_from_resource_url
 from qwenproxy.usage_report import add_usage_command
 
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(handler=cmd_auth_login)
 
     add_usage_command(commands)
+    add_quota_command(commands)
     return parser
 
 

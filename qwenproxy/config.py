@@ -37,6 +37,7 @@ from qwenproxy.config_values import (
     parse_prefix,
     parse_prices,
     parse_proxy_url,
+    parse_quota_windows,
     parse_retention,
     parse_routes,
     parse_seconds,
@@ -52,6 +53,14 @@ QWEN_OAUTH_BASE_URL = "https://chat.qwen.ai"
 DASHSCOPE_CN_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 
 # Built-in backends; operators add more with BACKEND_<NAME>_BASE_URL / _API_KEY.
+# Alibaba Cloud Coding Plan's request quotas per key: Pro 6,000 per 5 hours, 45,000 per
+# week, 90,000 per month; Lite 1,200 / 9,000 / 18,000 (the plan's pages as summarised in
+# issue 17 and DESIGN.md "Plans, limits and caching", late 2026).
+CODING_PLAN_WINDOWS = {
+    "pro": {"5h": 6000, "7d": 45000, "30d": 90000},
+    "lite": {"5h": 1200, "7d": 9000, "30d": 18000},
+    "none": {},
+}
 BUILTIN_BACKENDS = ("qwen-oauth", "dashscope", "coding-plan", "openrouter", "fireworks")
 
 
@@ -309,6 +318,20 @@ SETTINGS: tuple[Setting, ...] = (
         parse_url,
         "Coding Plan base URL override",
     ),
+    Setting(
+        "CODING_PLAN_TIER",
+        "coding_plan_tier",
+        "pro",
+        parse_choice("pro", "lite", "none"),
+        "Coding Plan tier whose request windows apply by default (none: no windows)",
+    ),
+    Setting(
+        "QUOTA_WINDOWS",
+        "quota_windows",
+        None,
+        parse_quota_windows,
+        "request windows per upstream key, by backend (JSON or a file path)",
+    ),
     Setting("OPENROUTER_API_KEY", "openrouter_api_keys", None, parse_keys, "OpenRouter key(s)"),
     Setting(
         "OPENROUTER_BASE_URL",
@@ -513,6 +536,8 @@ class Config:
     coding_plan_api_keys: tuple[str, ...] = field(default=(), repr=False)
     coding_plan_region: str = "intl"
     coding_plan_base_url: str | None = None
+    coding_plan_tier: str = "pro"
+    quota_windows: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     openrouter_api_keys: tuple[str, ...] = field(default=(), repr=False)
     openrouter_base_url: str | None = None
     fireworks_api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -600,12 +625,24 @@ class Config:
             ("MODEL_INFO", self.model_info),
             ("CACHE_MARKERS", self.cache_markers),
             ("MODEL_PRICES", self.model_prices),
+            ("QUOTA_WINDOWS", self.quota_windows),
         ):
             for backend in tables:
                 if backend not in known:
                     raise ConfigError(
                         variable, f"unknown backend {backend!r}; known: {', '.join(known)}"
                     )
+
+    def effective_quota_windows(self) -> dict[str, dict[str, int]]:
+        """QUOTA_WINDOWS over the Coding Plan tier's defaults (CODING_PLAN_TIER): the
+        request windows of each backend, as {backend: {window: limit}}."""
+        windows: dict[str, dict[str, int]] = {}
+        tier = CODING_PLAN_WINDOWS.get(self.coding_plan_tier)
+        if tier:
+            windows["coding-plan"] = dict(tier)
+        for backend, table in self.quota_windows.items():
+            windows[backend] = dict(table)
+        return {backend: table for backend, table in windows.items() if table}
 
     @property
     def client_auth_enabled(self) -> bool:

@@ -162,6 +162,33 @@ def parse_json_or_file(name: str, raw: str) -> Any:
         raise ConfigError(name, f"is not valid JSON: {exc}") from None
 
 
+def parse_quota_windows(name: str, raw: str) -> dict[str, dict[str, int]]:
+    """`{"backend": {"5h": 6000, "7d": 45000}, ...}`: request counts per rolling window
+    (durations as in duration_seconds, counts positive whole numbers). Backend names are
+    checked against the known backends by Config.validate."""
+    value = parse_json_or_file(name, raw)
+    if not isinstance(value, dict):
+        raise ConfigError(name, 'expected an object such as {"coding-plan": {"5h": 6000}}')
+    windows: dict[str, dict[str, int]] = {}
+    for backend, table in value.items():
+        if not isinstance(table, dict):
+            raise ConfigError(name, f"backend {backend!r}: expected an object of windows")
+        windows[backend] = {}
+        for window, limit in table.items():
+            try:
+                duration_seconds(str(window))
+            except ValueError as exc:
+                raise ConfigError(name, f"backend {backend!r}, window {window!r}: {exc}") from None
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ConfigError(
+                    name,
+                    f"backend {backend!r}, window {window!r}: expected a positive whole "
+                    f"number of requests, got {limit!r}",
+                )
+            windows[backend][str(window).strip().lower()] = limit
+    return windows
+
+
 def parse_aliases(name: str, raw: str) -> dict[str, dict[str, str]]:
     value = parse_json_or_file(name, raw)
     if not isinstance(value, dict) or not all(

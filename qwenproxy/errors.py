@@ -139,6 +139,22 @@ class ContextLengthExceededError(InvalidRequestError):
         return "prompt is too long: " + (self.detail or "longer than the model's context window")
 
 
+class QuotaExhaustedError(ProxyError):
+    """Every key the request could use has spent a request window (services/quota.py)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "quota_exhausted"
+
+
+class BudgetExceededError(ProxyError):
+    """The client key's budget for the current UTC day or month is spent."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "budget_exceeded"
+
+
 class PayloadTooLargeError(ProxyError):
     status = 413
     type = "invalid_request_error"

@@ -541,3 +541,39 @@ def test_model_prices_are_normalised_to_tiers() -> None:
             "n": None,
         }
     }
+
+
+def test_coding_plan_has_the_pro_windows_unless_the_tier_says_otherwise():
+    assert Config.from_env({}, dotenv_path=None).effective_quota_windows() == {
+        "coding-plan": {"5h": 6000, "7d": 45000, "30d": 90000}
+    }
+    lite = Config.from_env({"CODING_PLAN_TIER": "lite"}, dotenv_path=None)
+    assert lite.effective_quota_windows() == {"coding-plan": {"5h": 1200, "7d": 9000, "30d": 18000}}
+    none = Config.from_env({"CODING_PLAN_TIER": "none"}, dotenv_path=None)
+    assert none.effective_quota_windows() == {}
+
+
+def test_quota_windows_come_from_json_or_a_file(tmp_path):
+    path = tmp_path / "windows.json"
+    path.write_text('{"openrouter": {"1d": 50}, "coding-plan": {"5h": 10}}')
+    config = Config.from_env({"QUOTA_WINDOWS": str(path)}, dotenv_path=None)
+    assert config.effective_quota_windows() == {
+        "coding-plan": {"5h": 10}, "openrouter": {"1d": 50}
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ('{"nope": {"1d": 5}}', "unknown backend 'nope'"),
+        ('{"openrouter": {"5x": 5}}', "window '5x'"),
+        ('{"openrouter": {"1d": 0}}', "positive whole number"),
+        ('{"openrouter": {"1d": 2.5}}', "positive whole number"),
+        ('{"openrouter": 5}', "expected an object of windows"),
+        ("[1]", "expected an object"),
+    ],
+)
+def test_bad_quota_windows_are_refused_naming_the_variable(raw, words):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"QUOTA_WINDOWS": raw}, dotenv_path=None)
+    assert "QUOTA_WINDOWS" in str(caught.value) and words in str(caught.value)

@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, render_template, request
 
 from qwenproxy.api.charts import bar_chart, column_chart, format_number
 from qwenproxy.api.context import require_client_or_key_param, services
@@ -193,6 +193,7 @@ def render_dashboard(
     since: str,
     key: str | None,
     aggregates: Mapping[str, Any] | None = None,
+    quota_html: str = "",
 ) -> str:
     """The whole page. `key` is carried into the period links when it came in the URL."""
 
@@ -211,7 +212,8 @@ def render_dashboard(
         content = (
             _building_notice(aggregates or {})
             + f'<div class="cards">{_cards(overview["total"], overview["dropped"])}</div>'
-            f"<h2>Over time</h2>{_series_charts(overview['series'], overview['bucket_s'])}"
+            + quota_html
+            + f"<h2>Over time</h2>{_series_charts(overview['series'], overview['bucket_s'])}"
             f"<h2>Latency</h2>{_percentile_charts(overview['by_model'])}"
             f"<h2>Errors</h2>{_errors_chart(overview['by_backend'])}"
             f"<h2>Recent requests</h2>{_recent_table(overview['recent'])}"
@@ -233,8 +235,13 @@ def render_dashboard(
 def dashboard() -> Response:
     since, since_s = since_param()
     overview = services().ledger.overview(since_s, recent=RECENT_ROWS)
+    quota = getattr(services(), "quota", None)
+    quota_html = ""
+    if quota is not None and quota.windows:  # templates/quota_gauges.html
+        quota_html = render_template("quota_gauges.html", rows=quota.report())
     page = render_dashboard(
-        overview, since, request.args.get("key", "").strip() or None, aggregates_state()
+        overview, since, request.args.get("key", "").strip() or None, aggregates_state(),
+        quota_html,
     )
     response = Response(page, mimetype="text/html")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY

@@ -1,5 +1,6 @@
-"""`GET /usage/stats`, `GET /usage/recent` (the usage ledger as JSON) and `GET /metrics`
-(Prometheus text). All need the proxy key, like the API."""
+"""`GET /usage/stats`, `GET /usage/recent`, `GET /usage/quota` (the usage ledger and the
+quota windows as JSON) and `GET /metrics` (Prometheus text). All need the proxy key, like
+the API."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import Blueprint, Response, request
 
 from qwenproxy.api.context import require_client, services
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.quota import quota_metrics_text
 from qwenproxy.services.usage_stats import GROUP_BY, parse_duration
 
 bp = Blueprint("usage", __name__)
@@ -79,7 +81,16 @@ def usage_recent() -> dict[str, Any]:
     return {"object": "list", "accounting": ledger.enabled, "data": ledger.recent(limit)}
 
 
+@bp.get("/usage/quota")
+def usage_quota() -> dict[str, Any]:
+    quota = getattr(services(), "quota", None)
+    return {"object": "usage.quota", "data": quota.report() if quota is not None else []}
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     body, content_type = services().metrics.render()
+    quota = getattr(services(), "quota", None)
+    if quota is not None and quota.windows:
+        body += quota_metrics_text(quota.report(resets=False))
     return Response(body, content_type=content_type)

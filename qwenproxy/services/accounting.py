@@ -55,6 +55,7 @@ def usage_record(ctx: RequestContext, prices: PriceTable | None = None) -> Usage
         failover_attempts=max(0, out.attempts - 1),
         loop_detected=out.loop_detected,
         command_only=out.command_only,
+        upstream_key_id=out.upstream_key_id,
     )
     rec.apply_usage(out.usage)
     if out.first_token_at is not None:  # streams: generation time after the first token
@@ -94,9 +95,11 @@ class Accounting:
         self._known_model = known_model
         self._prices = prices
 
-    def finished(self, ctx: RequestContext) -> None:
+    def finished(self, ctx: RequestContext) -> UsageRecord:
+        """Record a finished request; its ledger row."""
         rec, out = usage_record(ctx, self._prices), ctx.outcome
         self.ledger.record(rec)
+        kept = rec
         named = rec.upstream_model or rec.requested_model  # a refusal has only the latter
         if named and not self._known_model(named):
             # Metric labels stay bounded whatever model names clients send.
@@ -107,6 +110,7 @@ class Accounting:
                 self.metrics.failover()
         if out.loop_detected:
             self.metrics.loop_detected()
+        return kept
 
     def stream_opened(self) -> None:
         self.metrics.stream_opened()

@@ -21,6 +21,7 @@ from qwenproxy import __version__
 from qwenproxy.errors import (
     OAuthAccessEndedError,
     ProxyError,
+    RateLimitError,
     UpstreamError,
     UpstreamTimeoutError,
     upstream_error_for_status,
@@ -28,6 +29,8 @@ from qwenproxy.errors import (
 from qwenproxy.services.http1 import WAIT_CHECK_SECONDS, AnswerTooLarge
 from qwenproxy.services.length_refusals import context_refusal
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
+from qwenproxy.services.quota import key_id_of
+from qwenproxy.services.quota_answers import EXHAUSTED, RATE_LIMITED, classify
 from qwenproxy.services.qwen_auth import QwenTokenManager
 from qwenproxy.services.transport import ClosedWithoutAnswer, LeanAdapter
 from qwenproxy.sse import SSEDecoder, SSEEvent
@@ -74,6 +77,7 @@ class StaticKeyCredentials:
         if api_key:  # keyless upstreams (a local vLLM, say) get no Authorization header
             headers["Authorization"] = f"Bearer {api_key}"
         self._auth = UpstreamAuth(api_base.rstrip("/"), headers, api_key or "")
+        self.key_id = key_id_of(api_key) if api_key else "keyless"  # never the key itself
 
     def auth(self) -> UpstreamAuth:
         return self._auth
@@ -90,6 +94,7 @@ class QwenOAuthCredentials:
 
     def __init__(self, tokens: QwenTokenManager, user_agent: str) -> None:
         self.tokens = tokens
+        self.key_id = key_id_of(str(tokens.file.path))  # the login's file, never a token
         self._headers = {
             "User-Agent": user_agent,
             "X-DashScope-UserAgent": user_agent,
@@ -307,6 +312,10 @@ class OpenAICompatibleBackend:
     def seconds_until_ready(self) -> float:
         return max(0.0, min(self._cooldown_until) - self._clock())
 
+    def key_id(self, account: int) -> str | None:
+        """The stable, non-secret id of an account (services/quota.py)."""
+        return getattr(self.accounts[account], "key_id", None)
+
     # --- calls ----------------------------------------------------------------------
 
     def complete(
@@ -386,7 +395,8 @@ class OpenAICompatibleBackend:
             passed = _passed_headers(response)
             response.close()
             log.warning("backend %s answered HTTP %s (%s)", self.name, status, code or "-")
-            if _looks_like_auth_failure(status, message):
+            kind = classify(status, code, message, passed.get("retry-after"))
+            if kind != EXHAUSTED and _looks_like_auth_failure(status, message):
                 if retried:
                     raise credentials.rejected_again(status, message)
                 fresh = credentials.after_rejection(auth)
@@ -399,8 +409,13 @@ class OpenAICompatibleBackend:
             error = upstream_error_for_status(
                 status, f"Backend {self.name}: {message}", headers=passed
             )
-            if status == 429 and _is_quota_exhausted(message, code):
-                error.code = "insufficient_quota"
+            if kind == EXHAUSTED:
+                log.warning("backend %s account %d: quota exhausted (%s)", self.name, account,
+                            code or status)
+                error = RateLimitError(error.message, code="insufficient_quota", headers=passed)
+            elif kind == RATE_LIMITED:
+                log.warning("backend %s account %d: rate limited (%s)", self.name, account,
+                            code or status)
             raise error
 
     def _transport_error(self, exc: requests.RequestException) -> ProxyError:
@@ -478,11 +493,6 @@ def _is_timeout(exc: requests.RequestException) -> bool:
     return isinstance(exc, requests.Timeout) or bool(
         exc.args and isinstance(exc.args[0], ReadTimeoutError)
     )
-
-
-def _is_quota_exhausted(message: str, code: str | None) -> bool:
-    text = f"{code or ''} {message}".lower()
-    return "insufficient_quota" in text or "quota exceeded" in text or "exceeded your" in text
 
 
 def _passed_headers(response: requests.Response) -> dict[str, str]:

@@ -20,6 +20,7 @@ from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.local_reply import LOCAL_HEADERS, local_reply
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.prompt_cache import without_markers
+from qwenproxy.services.quota import REMAINING_HEADER
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
@@ -105,7 +106,9 @@ class CompletionService:
         accounting: Any = None,
         context_guard: ContextGuard | None = None,
         facts: ModelFactsBook | None = None,
+        quota: Any = None,
     ) -> None:
+        self.quota = quota  # services.quota.QuotaGate, or None (no windows, no budgets)
         self.router = router
         self.sessions = sessions
         self.commands = commands
@@ -123,6 +126,8 @@ class CompletionService:
             ctx.requested_model = body.get("model")
         ctx.stream = bool(body.get("stream"))
         try:
+            if self.quota is not None and ctx.client_key is not None:
+                ctx.outcome.budget_spends = self.quota.check_budgets(ctx.client_key)
             result = self._handle(body, ctx)
         except ProxyError as exc:
             ctx.fail(exc)
@@ -134,11 +139,15 @@ class CompletionService:
 
     def _finish(self, ctx: RequestContext) -> None:
         ctx.outcome.finish()
+        record = None
         if self.accounting is not None:
             try:
-                self.accounting.finished(ctx)
+                record = self.accounting.finished(ctx)
             except Exception:  # accounting must never break a request
                 log.exception("recording a finished request failed")
+        if ctx.outcome.budget_spends and self.quota is not None:
+            self.quota.budgets_done(ctx.outcome.budget_spends, record)
+            ctx.outcome.budget_spends = []
 
     def _handle(
         self, body: dict[str, Any], ctx: RequestContext
@@ -237,6 +246,8 @@ class CompletionService:
         outcome = ctx.outcome
         watched = ctx.client_gone is not None or ctx.on_wait is not None
         waiting = ctx.check_client if watched else None
+        spent: list[Any] = []  # keys skipped because a quota window is spent
+        counted: tuple[str, str | None] | None = None  # the admitted key of an earlier attempt
         for target, account in plan.attempts():
             facts = self._facts(target)
             if ctx.cache_markers and not getattr(target.backend, "cache_markers", False):
@@ -255,12 +266,22 @@ class CompletionService:
                     body[fit.field] = outcome.max_tokens_lowered = fit.max_tokens
                 else:
                     outcome.max_tokens_lowered = None
+            key_id = self._key_id(target, account)
+            if self.quota is not None and target.backend.paused_answer(account) is None:
+                refused = self.quota.admit(target.backend.name, key_id)
+                if refused is not None:
+                    spent.append(refused)
+                    continue
+                if counted is not None:  # the key that answers last is the one counted
+                    self.quota.give_back(*counted)
+                counted = (target.backend.name, key_id)
             outcome.attempts += 1
             started = time.perf_counter()
             try:
                 paused = target.backend.paused_answer(account)
                 if paused is not None:
                     raise paused
+                outcome.upstream_key_id = key_id
                 result = getattr(target.backend, call)(body, account, waiting)
             except ContextLengthExceededError as exc:
                 # The upstream refused for length: never a failover (the next model would
@@ -282,7 +303,11 @@ class CompletionService:
                 continue
             outcome.upstream_latency_ms = (time.perf_counter() - started) * 1000
             return result, target
-        raise last_error if last_error is not None else _all_paused(plan)
+        if last_error is not None:
+            raise last_error
+        if spent:
+            raise self.quota.refusal(spent)
+        raise _all_paused(plan)
 
     def _facts(self, target: Target) -> ModelFacts:
         if self.facts is None:
@@ -310,23 +335,41 @@ class CompletionService:
         return error.completed(prompt, facts.context_length)
 
     @staticmethod
-    def _note_failure(target: Target, account: int, error: ProxyError) -> None:
+    def _key_id(target: Target, account: int) -> str | None:
+        key_id = getattr(target.backend, "key_id", None)
+        return key_id(account) if key_id is not None else None
+
+    def _note_failure(self, target: Target, account: int, error: ProxyError) -> None:
         if error.code == "insufficient_quota":
-            retry_after = error.headers.get("Retry-After", "")
-            seconds = float(retry_after) if retry_after.isdigit() else QUOTA_COOL_DOWN_S
+            # Paused until its window frees by our counts; else the upstream's Retry-After;
+            # else QUOTA_COOL_DOWN_S.
+            seconds = None
+            if self.quota is not None:
+                seconds = self.quota.pause_seconds(
+                    target.backend.name, self._key_id(target, account)
+                )
+            if seconds is None:
+                retry_after = error.headers.get("Retry-After") or error.headers.get(
+                    "retry-after", ""
+                )
+                seconds = float(retry_after) if retry_after.isdigit() else QUOTA_COOL_DOWN_S
             target.backend.cool_down(account, seconds)
         elif error.code == "qwen_oauth_access_ended" and not target.backend.paused_answer(account):
             target.backend.cool_down(account, ENDED_ACCOUNT_COOL_DOWN_S, answer=error)
 
-    @staticmethod
-    def _served_by(target: Target) -> dict[str, str]:
-        """The headers that say what served a request. The model may be a client's name
-        (checked at the door or by the command that set it); `header_text` keeps it one
-        header even so."""
-        return {
+    def _served_by(self, target: Target, ctx: RequestContext) -> dict[str, str]:
+        """The headers that say what served a request (and, for a backend with quota
+        windows, what its key has left). The model may be a client's name (checked at the
+        door or by the command that set it); `header_text` keeps it one header even so."""
+        headers = {
             "X-Qwenproxy-Backend": target.backend.name,
             "X-Qwenproxy-Model": header_text(target.upstream_model),
         }
+        if self.quota is not None:
+            left = self.quota.remaining(target.backend.name, ctx.outcome.upstream_key_id)
+            if left is not None:
+                headers[REMAINING_HEADER] = str(left)
+        return headers
 
     def _complete(
         self, plan: Plan, upstream: dict[str, Any], ctx: RequestContext, loops: bool
@@ -334,7 +377,7 @@ class CompletionService:
         reply, target = self._attempt(plan, upstream, ctx, "complete")
         usage = reply.body.get("usage")
         ctx.outcome.usage = usage if isinstance(usage, dict) else None
-        headers = {**self._served_by(target), **reply.headers}
+        headers = {**self._served_by(target, ctx), **reply.headers}
         if loops:  # too late to save tokens, but the ledger and the client learn of it
             block = self.guards.loop_detector().feed(_message_text(reply.body))
             if block is not None:
@@ -378,7 +421,7 @@ class CompletionService:
             started,
             ended,
         )
-        return StreamingCompletion(events, self._served_by(target))
+        return StreamingCompletion(events, self._served_by(target, ctx))
 
     def _local_reply(
         self, body: dict[str, Any], text: str, ctx: RequestContext

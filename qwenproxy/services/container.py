@@ -6,6 +6,7 @@ tests can build them with fakes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,12 +36,14 @@ from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
+from qwenproxy.services.limits import LimitEngine
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.model_lists import ModelListRefresher, model_list_sources
 from qwenproxy.services.models import ModelCatalog
 from qwenproxy.services.prices import PriceTable
 from qwenproxy.services.prompt_cache import markers_enabled
+from qwenproxy.services.quota import QuotaGate
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.qwen_tokens import PromptCounter
 from qwenproxy.services.router import Router, RouteStore
@@ -50,6 +53,7 @@ from qwenproxy.services.store import Database, default_database_url
 from qwenproxy.services.transport import LeanAdapter
 from qwenproxy.services.usage import NullLedger, UsageLedger  # also registers qp_usage
 
+log = logging.getLogger(__name__)
 POOL_SIZE = 1000  # connections kept per upstream host; gevent runs many requests at once
 
 
@@ -93,6 +97,7 @@ class Services:
     facts: ModelFactsBook = field(default_factory=ModelFactsBook)
     tokens: PromptCounter = field(default_factory=PromptCounter)
     model_lists: ModelListRefresher | None = None
+    quota: QuotaGate | None = None  # None when accounting is off (limits count the ledger)
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -171,6 +176,7 @@ def build_services(
             oauth_accounts,
             oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
             timeout,
+            clock=clock,  # pauses (out of quota) run on the services' clock
             cache_markers=markers_enabled("qwen-oauth", config.cache_markers),
         )
     }
@@ -185,6 +191,7 @@ def build_services(
             accounts,
             spec.catalog,
             timeout,
+            clock=clock,
             cache_markers=markers_enabled(spec.name, config.cache_markers),
         )
     db = Database(config.database_url or default_database_url(config.data_dir))
@@ -233,6 +240,21 @@ def build_services(
     accounting = Accounting(
         ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
     )
+    quota = None
+    if config.disable_accounting and config.effective_quota_windows():
+        log.warning(
+            "quota windows are not enforced: DISABLE_ACCOUNTING=true (they count the ledger)"
+        )
+    if isinstance(ledger, UsageLedger):
+        engine = LimitEngine(db, clock, flush=ledger.flush)
+        ledger.batch_hooks.append(engine.hand_back_sql)
+        windows = config.effective_quota_windows()
+        key_ids = {
+            name: [backends[name].key_id(i) or str(i) for i in range(len(backends[name].accounts))]
+            for name in windows
+            if name in backends
+        }
+        quota = QuotaGate(engine, windows, key_ids, clock)
     completions = CompletionService(
         router,
         sessions,
@@ -252,6 +274,7 @@ def build_services(
             tokens, enabled=config.context_guard, floor=config.context_min_output_tokens
         ),
         facts=facts,
+        quota=quota,
     )
     return Services(
         config=config,
@@ -273,4 +296,5 @@ def build_services(
         facts=facts,
         tokens=tokens,
         model_lists=model_lists,
+        quota=quota,
     )

@@ -37,6 +37,11 @@ class Outcome:
     command_only: bool = False  # CompletionService._handle: answered by commands
     redactions: int = 0  # CompletionService._handle: secrets redacted from the prompt
     max_tokens_lowered: int | None = None  # _attempt: what the context guard lowered it to
+    # _attempt: the upstream key id (services/quota.py key_id_of) of the last attempt sent.
+    upstream_key_id: str | None = None
+    # CompletionService.handle: the token and cost budgets this request holds a place in
+    # until it ends (services/quota.py); given back by CompletionService._finish.
+    budget_spends: list[Any] = field(default_factory=list)
 
     def served_by(self, backend: str, model: str) -> None:
         self.backend, self.upstream_model = backend, model
@@ -84,6 +89,8 @@ class RequestContext:
     # keep-alive sends its spaces from there (services/slow_answer.py; set by
     # api/context.run_pipeline). None: nothing.
     on_wait: Callable[[], None] | None = None
+    # The named client key (its budgets: services/quota.py); None for admin/unnamed keys.
+    client_key: Any = None
     outcome: Outcome = field(default_factory=Outcome)
 
     def check_client(self) -> None:

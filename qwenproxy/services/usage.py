@@ -82,6 +82,9 @@ class UsageLedger:
         self._cache: dict[tuple[Any, ...], tuple[float, int, Any]] = {}
         self._read_locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._generation = 0  # bumped by flush(): reads after it are fresh
+        # Called with each batch before it is written; what they return (if not None) runs
+        # with the cursor in the batch's transaction (the limit engine's hand-back).
+        self.batch_hooks: list[Callable[[list[UsageRecord]], Callable[[Any], None] | None]] = []
 
     # --- the request path ----------------------------------------------------------------
 
@@ -179,12 +182,15 @@ class UsageLedger:
                 time.sleep(0)  # a large batch's arithmetic lets requests run between slices
         buckets = deltas.rows()
         insert = self._db.sql(INSERT_SQL)
+        extras = [step for hook in self.batch_hooks if (step := hook(batch)) is not None]
 
         def store(conn: Any) -> None:
             cursor = conn.cursor()
             try:
                 cursor.executemany(insert, rows)
                 agg.upsert(cursor, buckets, not self._db.is_sqlite)
+                for step in extras:
+                    step(cursor)
             finally:
                 cursor.close()
             conn.commit()

@@ -18,7 +18,9 @@ from qwenproxy.services.store import metadata
 # (resolution, bucket width in seconds), finest first. Days are UTC days (epoch-aligned).
 RESOLUTIONS: tuple[tuple[str, int], ...] = (("m", 60), ("h", 3600), ("d", 86400))
 WIDTH = dict(RESOLUTIONS)
-DIMS = ("all", "model", "backend", "session", "key")
+# `ukey`: requests that reached an upstream, by "<backend>/<upstream key id>" (the key of
+# the request's final attempt): few groups, so minute buckets too (quota windows, quota.py).
+DIMS = ("all", "model", "backend", "session", "key", "ukey")
 # Sessions and client keys are many: they get no minute buckets (per minute they would be
 # about one bucket per request), so their windows start and end on whole hours.
 HOURLY_DIMS = frozenset({"session", "key"})
@@ -89,6 +91,7 @@ SOURCE_COLUMNS = (
     "tokens_per_s",
     "cache_write_tokens",
     "cost",
+    "upstream_key_id",
 )
 
 
@@ -115,9 +118,11 @@ class Deltas:
         self._minute: dict[tuple[str, int, str], dict[int, Any]] = {}
 
     def add(self, row: Sequence[Any]) -> None:
-        """Add one row, given as the values of SOURCE_COLUMNS in order."""
-        (started, status, backend, upstream, requested, session, key,
-         prompt, completion, total, cached, latency, ttft, tps, written, cost) = row  # fmt: skip
+        """Add one row, given as the values of SOURCE_COLUMNS in order (the upstream key
+        id, last, may be left out)."""
+        (started, status, backend, upstream, requested, session, key, prompt,
+         completion, total, cached, latency, ttft, tps, written, cost) = row[:16]  # fmt: skip
+        ukey = row[16] if len(row) > 16 else None
         prompt = prompt or 0
         completion = completion or 0
         changes: list[tuple[int, Any]] = [
@@ -142,13 +147,16 @@ class Deltas:
             changes.append((TTFT0 + bin_of(ttft), 1))
         minute = int(started // 60) * 60
         table = self._minute
-        for slot in (
+        slots = [
             ("all", minute, ""),
             ("model", minute, upstream or requested or "-"),
             ("backend", minute, backend or "-"),
             ("session", minute, session or "-"),
             ("key", minute, key or "-"),
-        ):
+        ]
+        if ukey:
+            slots.append(("ukey", minute, f"{backend}/{ukey}"))
+        for slot in slots:
             counters = table.get(slot)
             if counters is None:
                 table[slot] = dict(changes)

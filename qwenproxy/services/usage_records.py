@@ -88,6 +88,9 @@ class UsageRecord:
     failover_attempts: int = 0
     loop_detected: bool = False
     command_only: bool = False
+    # The upstream key (quota.key_id_of) of the request's final attempt; None when no
+    # attempt reached an upstream (local replies, refusals).
+    upstream_key_id: str | None = None
 
     def apply_usage(self, usage: Mapping[str, Any] | None) -> None:
         """Copy token counts from an OpenAI `usage` object (missing values stay None)."""
@@ -148,6 +151,7 @@ usage_table = sa.Table(
     sa.Column("failover_attempts", sa.Integer, nullable=False),
     sa.Column("loop_detected", sa.Boolean, nullable=False),
     sa.Column("command_only", sa.Boolean, nullable=False),
+    sa.Column("upstream_key_id", sa.String(16)),
     # When the writer stored the row (and added it to the aggregates); None on rows from
     # before the aggregates existed, which the upkeep adds once (ledger_upkeep.py).
     sa.Column("written_at", sa.Float),
