@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import ClientGoneError, ContextLengthExceededError, ProxyError, RateLimitError
+from qwenproxy.services.client_keys import allowed_plan
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
@@ -94,6 +95,9 @@ class RequestContext:
     client_id: str
     session_id: str
     requested_model: str | None = None
+    # The named key's record (services/client_keys.ClientKey); None for admin keys and
+    # local callers. Its budgets and model globs apply to the request.
+    client_key: Any = None
     stream: bool = False
     started: float = field(default_factory=time.perf_counter)
     started_at: float = field(default_factory=time.time)
@@ -261,6 +265,8 @@ class CompletionService:
             if claimed is not None:  # exactly one request of this session takes the one-off
                 model_now = state.oneoff
         plan = self.router.plan(model_now or state.model or body.get("model"), state.backend)
+        if ctx.client_key is not None:
+            plan = allowed_plan(plan, ctx.client_key)
         messages = merge_system_messages(extraction.messages)
         redact = (
             self.guards.redact_api_keys
