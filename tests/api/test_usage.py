@@ -293,3 +293,76 @@ def test_dashboard_rejects_a_bad_period(client):
     assert response.status_code == 400
     assert response.json["error"]["param"] == "since"
 
+
+
+# --- named client keys: who sees what ----------------------------------------------------
+
+
+@pytest.fixture
+def named(ledger, metrics):
+    """An app with an admin key and two named keys; alice has one request in the ledger."""
+    store = ClientKeyStore(ledger._db)
+    alice, alice_key = store.add("alice")
+    bob, bob_key = store.add("bob")
+    ledger.record(
+        UsageRecord(
+            started_at=NOW - 30,
+            client_key_id=alice.key_id,
+            backend="dashscope",
+            upstream_model="qwen3-coder-plus",
+            requested_model="qwen3-coder-plus",
+            prompt_tokens=5,
+            completion_tokens=2,
+            latency_ms=10.0,
+        )
+    )
+    ledger.flush()
+    store.refresh()
+    client = make_app(ledger, metrics, keys=("sk-proxy-1",), store=store).test_client()
+    return SimpleNamespace(
+        client=client,
+        alice=alice,
+        bob=bob,
+        as_alice={"Authorization": f"Bearer {alice_key}"},
+        as_bob={"x-api-key": bob_key},
+    )
+
+
+def test_a_named_key_reads_only_its_own_stats_and_rows(named):
+    body = named.client.get("/usage/stats", headers=named.as_alice).json
+    assert body["key_id"] == named.alice.key_id
+    assert [(r["group"], r["requests"]) for r in body["data"]] == [(named.alice.key_id, 1)]
+    rows = named.client.get("/usage/recent", headers=named.as_alice).json["data"]
+    assert [r["client_key_id"] for r in rows] == [named.alice.key_id]
+    assert named.client.get("/usage/recent", headers=named.as_bob).json["data"] == []
+    # the admin still sees every row
+    assert len(named.client.get("/usage/recent", headers=KEY).json["data"]) == 5
+
+
+def test_a_named_key_gets_403_on_metrics_and_on_other_keys(named):
+    for path in (
+        "/metrics",
+        f"/usage/stats?key_id={named.bob.key_id}",
+        f"/usage/recent?key_id={named.bob.key_id}",
+        "/usage/stats?group_by=model",
+        "/usage/stats?group_by=session",
+    ):
+        response = named.client.get(path, headers=named.as_alice)
+        assert response.status_code == 403, path
+        assert response.json["error"]["type"] == "permission_error"
+    assert named.client.get("/metrics", headers=KEY).status_code == 200
+    own = f"/usage/stats?key_id={named.alice.key_id}"
+    assert named.client.get(own, headers=named.as_alice).status_code == 200
+
+
+def test_an_admin_may_read_one_key(named):
+    body = named.client.get(f"/usage/stats?key_id={named.alice.key_id}", headers=KEY).json
+    assert body["data"][0]["requests"] == 1
+
+
+def test_the_dashboard_of_a_named_key_shows_only_its_requests(named):
+    page = named.client.get("/dashboard", headers=named.as_alice).get_data(as_text=True)
+    assert "key alice" in page
+    assert named.alice.key_id in page
+    assert "k1" not in page and "coder-model" not in page  # other keys' rows and models
+    assert "Errors by backend" not in page
