@@ -366,3 +366,15 @@ def test_the_dashboard_of_a_named_key_shows_only_its_requests(named):
     assert named.alice.key_id in page
     assert "k1" not in page and "coder-model" not in page  # other keys' rows and models
     assert "Errors by backend" not in page
+
+
+def test_with_named_keys_and_no_admin_key_nobody_reads_everything(ledger, metrics):
+    store = ClientKeyStore(ledger._db)
+    _, key = store.add("alice")
+    store.refresh()
+    client = make_app(ledger, metrics, store=store).test_client()
+    assert client.get("/usage/stats").status_code == 401  # loopback needs a key now
+    response = client.get("/metrics", headers={"x-api-key": key})
+    assert response.status_code == 403
+    assert "set PROXY_API_KEY" in response.json["error"]["message"]
+    assert client.get("/usage/stats", headers={"x-api-key": key}).status_code == 200

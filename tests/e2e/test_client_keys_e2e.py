@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
+from tests.databases import DATABASE_KINDS, database_url_for
 from tests.e2e.conftest import openai_client
 
 pytestmark = pytest.mark.e2e
@@ -23,9 +24,11 @@ ADMIN = "sk-admin-e2e-1"
 USER = [{"role": "user", "content": "hi"}]
 
 
-def cli(data_dir, *args: str) -> subprocess.CompletedProcess:
+def cli(data_dir, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
            "QWENPROXY_DATA_DIR": str(data_dir), "HOME": str(data_dir)}
+    if database_url:
+        env["DATABASE_URL"] = database_url
     return subprocess.run([sys.executable, "-m", "qwenproxy", "keys", *args], env=env,
                           cwd=data_dir, capture_output=True, text=True, timeout=30)
 
@@ -39,13 +42,21 @@ def poll(fetch, predicate, timeout: float = 10.0):
     return value
 
 
-def test_add_use_see_own_usage_login_and_revoke_on_two_instances(start_proxy, fake, tmp_path):
+@pytest.mark.parametrize("kind", DATABASE_KINDS)
+def test_add_use_see_own_usage_login_and_revoke_on_two_instances(
+    start_proxy, fake, tmp_path, kind
+):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    env = dict(PROXY_API_KEY=ADMIN, QWENPROXY_DATA_DIR=str(data_dir), CLIENT_KEYS_REFRESH="0.5")
+    url = None if kind == "sqlite" else database_url_for(kind, tmp_path)  # shared, emptied
+    env = dict(PROXY_API_KEY=ADMIN, QWENPROXY_DATA_DIR=str(data_dir), CLIENT_KEYS_REFRESH="0.5",
+               DATABASE_URL=url)
     one, two = start_proxy(**env), start_proxy(**env)
 
-    added = cli(data_dir, "add", "alice", "--requests-per-day", "100", "--models", "qwen3-coder*")
+    def keys(*args: str) -> subprocess.CompletedProcess:
+        return cli(data_dir, *args, database_url=url)
+
+    added = keys("add", "alice", "--requests-per-day", "100", "--models", "qwen3-coder*")
     assert added.returncode == 0, added.stderr
     key = added.stdout.splitlines()[1].strip()
     assert key.startswith("qp-") and len(key) == 35
@@ -65,7 +76,7 @@ def test_add_use_see_own_usage_login_and_revoke_on_two_instances(start_proxy, fa
     admin = {"Authorization": f"Bearer {ADMIN}"}
     assert requests.get(two.url + "/metrics", headers=own, timeout=5).status_code == 403
     assert requests.get(two.url + "/metrics", headers=admin, timeout=5).status_code == 200
-    shown = cli(data_dir, "show", "alice")
+    shown = keys("show", "alice")
     assert "requests today (UTC): 2 of 100" in shown.stdout, shown.stdout + shown.stderr
 
     browser = requests.Session()
@@ -76,7 +87,7 @@ def test_add_use_see_own_usage_login_and_revoke_on_two_instances(start_proxy, fa
     page = browser.get(two.url + "/dashboard", timeout=5)
     assert page.status_code == 200 and "key alice" in page.text and key not in page.text
 
-    revoked = cli(data_dir, "revoke", "alice")
+    revoked = keys("revoke", "alice")
     assert revoked.returncode == 0, revoked.stderr
     started = time.monotonic()
     for proxy in (one, two):
@@ -90,3 +101,17 @@ def test_add_use_see_own_usage_login_and_revoke_on_two_instances(start_proxy, fa
     for path in [*data_dir.iterdir(), one.log_path, two.log_path]:
         if path.is_file():
             assert key[3:].encode() not in path.read_bytes(), path
+    if url is not None:  # the shared PostgreSQL: no table holds the key
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                tables = conn.execute(sa.text(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'public' AND table_name LIKE 'qp_%'")).scalars().all()
+                for table in tables:
+                    rows = conn.execute(sa.text(f'SELECT * FROM "{table}"')).all()
+                    assert key[3:] not in repr(rows), table
+        finally:
+            engine.dispose()
