@@ -1,4 +1,5 @@
-"""Command line: `python -m qwenproxy serve | auth status|login|refresh`.
+"""Command line: `python -m qwenproxy serve | auth status|login|refresh | doctor | usage |
+keys add|list|show|revoke`.
 
 `serve` must not import `requests` (and so `ssl`) in gunicorn's master: the auth commands
 import the network services lazily.
@@ -16,6 +17,7 @@ from pathlib import Path
 from qwenproxy import __version__
 from qwenproxy.config import Config, ConfigError
 from qwenproxy.errors import ProxyError
+from qwenproxy.keys_cli import add_keys_command
 from qwenproxy.quota_report import add_quota_command
 from qwenproxy.services.qwen_creds import CredentialsFile, api_base_from_resource_url
 from qwenproxy.usage_report import add_usage_command
@@ -207,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_usage_command(commands)
     add_quota_command(commands)
+    add_keys_command(commands)
     return parser
 
 

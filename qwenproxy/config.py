@@ -206,6 +206,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("COMMAND_PREFIX", "command_prefix", "!/", parse_prefix, "in-chat command prefix"),
     Setting("SESSION_TTL", "session_ttl", "24h", parse_duration, "idle sessions expire after"),
     Setting(
+        "CLIENT_KEYS_REFRESH",
+        "client_keys_refresh",
+        "5",
+        parse_seconds,
+        "seconds between reloads of the named client keys (revocation delay)",
+    ),
+    Setting(
+        "DASHBOARD_SESSION_TTL",
+        "dashboard_session_ttl",
+        "12h",
+        parse_duration,
+        "a dashboard login lasts",
+    ),
+    Setting(
         "QWENPROXY_DATA_DIR",
         "data_dir",
         "./.qwenproxy",
@@ -517,6 +531,8 @@ class Config:
     log_level: str = "INFO"
     command_prefix: str = "!/"
     session_ttl: float = 86400.0
+    client_keys_refresh: float = 5.0
+    dashboard_session_ttl: float = 12 * 3600.0
     data_dir: Path = Path("./.qwenproxy")
     database_url: str | None = None
     disable_accounting: bool = False

@@ -66,6 +66,12 @@ class PermissionDeniedError(ProxyError):
     code = "forbidden"
 
 
+class ModelNotAllowedError(PermissionDeniedError):
+    """A named client key asked for a model outside its `--models` globs."""
+
+    code = "model_not_allowed"
+
+
 class NotFoundError(ProxyError):
     status = 404
     type = "invalid_request_error"

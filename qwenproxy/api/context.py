@@ -11,10 +11,15 @@ from typing import Any
 
 import orjson
 from flask import Response, current_app, g, request
-from werkzeug.datastructures import Headers
 
-from qwenproxy.errors import ClientGoneError, InvalidRequestError, ProxyError
+from qwenproxy.errors import (
+    ClientGoneError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    ProxyError,
+)
 from qwenproxy.schemas import parse_json_object
+from qwenproxy.services.access import Caller
 from qwenproxy.services.completions import Completion, StreamingCompletion
 from qwenproxy.services.container import Services
 from qwenproxy.services.input_rules import check_request_model, read_capped
@@ -33,7 +38,43 @@ def services() -> Services:
 
 def require_client() -> None:
     """`before_request` hook of the API blueprints: 401/403 unless the client may pass."""
-    g.client_id = services().access.check(request.headers, request.remote_addr)
+    set_caller(services().access.identify(request.headers, request.remote_addr))
+
+
+def set_caller(caller: Caller) -> None:
+    g.client_id = caller.client_id
+    g.client_key = caller.client_key
+
+
+def caller_key() -> Any:
+    """The named key of this request's caller (a ClientKey), or None for an admin."""
+    return g.get("client_key")
+
+
+def require_admin(what: str = "This endpoint") -> None:
+    """403 unless the caller is an admin (a PROXY_API_KEY key, or a local caller when no
+    key is configured): named keys see only their own usage."""
+    if caller_key() is None:
+        return
+    if services().access.has_admin_keys:
+        hint = "use an admin key (one of PROXY_API_KEY)"
+    else:
+        hint = "no admin key is set: set PROXY_API_KEY on the proxy"
+    raise PermissionDeniedError(
+        f"{what} is for admin keys; a named client key sees only its own usage "
+        f"(/usage/stats, /usage/recent, /dashboard). To read it, {hint}."
+    )
+
+
+def admin_only(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A view decorator: `require_admin()` before the view (e.g. /metrics, /usage/quota)."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        require_admin(f"{request.method} {request.path}")
+        return view(*args, **kwargs)
+
+    return wrapped
 
 
 def request_json(
@@ -166,19 +207,8 @@ def request_context(
         requested_model=requested_model,
         translated=translated,
         cache_markers=cache_markers,
+        client_key=caller_key(),
         client_gone=None if sock is None else functools.partial(peer_closed, sock),
     )
     g.pipeline_ctx = ctx  # an error handler records the request if the pipeline did not
     return ctx
-
-
-def require_client_or_key_param() -> None:
-    """Like `require_client`, and also takes the proxy key as `?key=` (a browser opening
-    /dashboard cannot send a header). The key in the URL wins over any header."""
-    key = request.args.get("key", "").strip()
-    headers = request.headers
-    if key:
-        headers = Headers(request.headers)
-        headers.remove("Authorization")
-        headers["x-api-key"] = key
-    g.client_id = services().access.check(headers, request.remote_addr)

@@ -1,46 +1,42 @@
-"""`GET /dashboard`: one self-contained HTML page (no scripts, no external assets) with
-requests and tokens over time, latency and TTFT percentiles, errors by backend and the
-latest requests. Needs the proxy key, as a header or as `?key=` for a browser."""
+"""`GET /dashboard`: one self-contained HTML page (no scripts, no external assets), from
+the Jinja2 templates in qwenproxy/templates (autoescaped; the SVG charts are drawn on the
+server by api/charts.py, which escapes every text, and passed in as Markup): requests and
+tokens over time, latency and TTFT percentiles, errors by backend and the latest requests.
+An admin sees every key, a named key only its own requests. API clients send their key as
+a header; a browser logs in through a small form (`POST /dashboard/login`) that sets a
+signed, expiring session cookie (services/dashboard_login.py); no key is ever in a URL."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from html import escape
 from typing import Any
-from urllib.parse import urlencode
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
+from markupsafe import Markup
 
 from qwenproxy.api.charts import bar_chart, column_chart, format_number
-from qwenproxy.api.context import require_client_or_key_param, services
+from qwenproxy.api.context import services, set_caller
 from qwenproxy.api.usage import aggregates_state, since_param
+from qwenproxy.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
+from qwenproxy.services.access import Caller, presented_key
+from qwenproxy.services.dashboard_login import COOKIE_NAME
 
-bp = Blueprint("dashboard", __name__)
-bp.before_request(require_client_or_key_param)
+bp = Blueprint("dashboard", __name__, template_folder="../templates")
 
 PERIODS = ("1h", "24h", "7d", "30d")
 REFRESH_S = 60
 RECENT_ROWS = 25
-# Nothing may load from elsewhere; styles are inline.
-CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
+MAX_LOGIN_BODY = 4096
+COOKIE_PATH = "/dashboard"
+# Nothing may load from elsewhere; styles are inline; forms post only here; no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 PROMPT, COMPLETION, REQUESTS, ERRORS = "#7aa6d6", "#2f6db0", "#4c9a6a", "#c8453c"
 P50, P95 = "#2f6db0", "#9cc0e6"
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
-h1{font-size:20px;margin:0 0 4px}h2{font-size:15px;margin:24px 0 8px}
-.muted{color:#777;font-size:12px}.periods a{margin-right:10px}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:16px 0}
-.card{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:8px 12px;min-width:110px}
-.card b{display:block;font-size:18px}.card span{color:#777;font-size:12px}
-.panel{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:10px;margin:10px 0;
-overflow-x:auto}
-table{border-collapse:collapse;font-size:12px;background:#fff}
-th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.err{color:#c8453c}
-"""
 
 
 def _utc(epoch_s: float, fmt: str) -> str:
@@ -51,7 +47,7 @@ def _ms(value: float | None) -> str:
     return format_number(value, "ms")
 
 
-def _cards(total: Mapping[str, Any], dropped: int) -> str:
+def _cards(total: Mapping[str, Any], dropped: int) -> list[tuple[str, str]]:
     cards = [
         ("requests", format_number(total["requests"])),
         ("errors", format_number(total["errors"])),
@@ -68,13 +64,10 @@ def _cards(total: Mapping[str, Any], dropped: int) -> str:
     ]
     if dropped:
         cards.append(("rows dropped (queue full)", format_number(dropped)))
-    return "".join(
-        f'<div class="card"><b>{escape(value)}</b><span>{escape(name)}</span></div>'
-        for name, value in cards
-    )
+    return cards
 
 
-def _series_charts(series: Sequence[Mapping[str, Any]], bucket_s: int) -> str:
+def _series_charts(series: Sequence[Mapping[str, Any]], bucket_s: int) -> list[Markup]:
     fmt = "%H:%M" if bucket_s < 86400 else "%m-%d"
     labels = [_utc(point["start"], fmt) for point in series]
 
@@ -96,10 +89,10 @@ def _series_charts(series: Sequence[Mapping[str, Any]], bucket_s: int) -> str:
         title="Tokens",
         unit="tokens",
     )
-    return f'<div class="panel">{requests}</div><div class="panel">{tokens}</div>'
+    return [Markup(requests), Markup(tokens)]  # charts.py escapes every text it draws
 
 
-def _percentile_charts(by_model: Sequence[Mapping[str, Any]]) -> str:
+def _percentile_charts(by_model: Sequence[Mapping[str, Any]]) -> list[Markup]:
     latency = bar_chart(
         [
             (
@@ -120,10 +113,10 @@ def _percentile_charts(by_model: Sequence[Mapping[str, Any]]) -> str:
         title="Time to first token by model (streams)",
         unit="ms",
     )
-    return f'<div class="panel">{latency}</div><div class="panel">{ttft}</div>'
+    return [Markup(latency), Markup(ttft)]
 
 
-def _errors_chart(by_backend: Sequence[Mapping[str, Any]]) -> str:
+def _errors_chart(by_backend: Sequence[Mapping[str, Any]]) -> Markup:
     chart = bar_chart(
         [
             (
@@ -134,16 +127,12 @@ def _errors_chart(by_backend: Sequence[Mapping[str, Any]]) -> str:
         ],
         title="Errors by backend",
     )
-    return f'<div class="panel">{chart}</div>'
+    return Markup(chart)
 
 
-def _recent_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = (
-        "<tr><th>time (UTC)</th><th>status</th><th>backend</th><th>model</th><th>session</th>"
-        "<th>key</th><th>tokens in/out</th><th>latency</th><th>TTFT</th><th>tok/s</th>"
-        "<th>notes</th></tr>"
-    )
-    body = []
+def _recent_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of the latest requests, as text (the template escapes them)."""
+    out = []
     for row in rows:
         notes = [
             note
@@ -156,95 +145,196 @@ def _recent_table(rows: Sequence[Mapping[str, Any]]) -> str:
             )
             if present
         ]
-        status_class = ' class="n err"' if row["status"] >= 400 else ' class="n"'
-        cells = [
-            f"<td>{_utc(row['started_at'], '%Y-%m-%d %H:%M:%S')}</td>",
-            f"<td{status_class}>{row['status']}</td>",
-            f"<td>{escape(row['backend'] or '-')}</td>",
-            f"<td>{escape(row['upstream_model'] or row['requested_model'] or '-')}</td>",
-            f"<td>{escape(row['session_id'] or '-')}</td>",
-            f"<td>{escape(row['client_key_id'] or '-')}</td>",
-            f'<td class="n">{format_number(row["prompt_tokens"])} / '
-            f"{format_number(row['completion_tokens'])}</td>",
-            f'<td class="n">{_ms(row["latency_ms"])}</td>',
-            f'<td class="n">{_ms(row["ttft_ms"])}</td>',
-            f'<td class="n">{format_number(row["tokens_per_s"])}</td>',
-            f"<td>{escape(' '.join(notes))}</td>",
-        ]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    if not body:
-        body.append('<tr><td colspan="11" class="muted">no requests yet</td></tr>')
-    return f'<div class="panel"><table>{head}{"".join(body)}</table></div>'
+        out.append(
+            {
+                "time": _utc(row["started_at"], "%Y-%m-%d %H:%M:%S"),
+                "status": row["status"],
+                "error": row["status"] >= 400,
+                "backend": row["backend"] or "-",
+                "model": row["upstream_model"] or row["requested_model"] or "-",
+                "session": row["session_id"] or "-",
+                "key": row["client_key_id"] or "-",
+                "tokens": f"{format_number(row['prompt_tokens'])} / "
+                f"{format_number(row['completion_tokens'])}",
+                "latency": _ms(row["latency_ms"]),
+                "ttft": _ms(row["ttft_ms"]),
+                "tps": format_number(row["tokens_per_s"]),
+                "notes": " ".join(notes),
+            }
+        )
+    return out
 
 
 def _building_notice(aggregates: Mapping[str, Any]) -> str:
+    """'' when the aggregates are ready, else how far their build has come."""
     if aggregates.get("state") != "building":
         return ""
     done, total = aggregates.get("done", 0), aggregates.get("total", 0)
-    share = f" ({100 * done / total:.0f}% of {format_number(total)} rows)" if total else ""
-    return (
-        '<p class="err">The usage totals are being built from the rows of an older ledger'
-        f"{escape(share)}; until that is done they leave out part of the older requests.</p>"
-    )
+    return f" ({100 * done / total:.0f}% of {format_number(total)} rows)" if total else " "
 
 
 def render_dashboard(
     overview: Mapping[str, Any],
     since: str,
-    key: str | None,
     aggregates: Mapping[str, Any] | None = None,
-    quota_html: str = "",
+    key_name: str | None = None,
+    logout: bool = False,
+    quota_rows: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The whole page. `key` is carried into the period links when it came in the URL."""
-
-    def link(period: str) -> str:
-        query = {"since": period, **({"key": key} if key else {})}
-        current = ' style="font-weight:600"' if period == since else ""
-        return f'<a href="?{escape(urlencode(query))}"{current}>{escape(period)}</a>'
-
-    generated = _utc(overview["now"], "%Y-%m-%d %H:%M:%S UTC")
-    if not overview["enabled"]:
-        content = (
-            '<p class="muted">Accounting is turned off (DISABLE_ACCOUNTING=true): '
-            "no requests are recorded.</p>"
+    """The whole page (`key_name`: the named key it is limited to; `logout`: the caller
+    came with a session cookie, so the page offers a log-out button; `quota_rows`: the
+    quota windows' gauges, for an admin, when a backend has windows)."""
+    enabled = overview["enabled"]
+    context: dict[str, Any] = {
+        "since": since,
+        "periods": PERIODS,
+        "refresh_s": REFRESH_S,
+        "generated": _utc(overview["now"], "%Y-%m-%d %H:%M:%S UTC"),
+        "enabled": enabled,
+        "key_name": key_name,
+        "logout_action": f"{COOKIE_PATH}/logout" if logout else None,
+        "quota_rows": quota_rows,
+    }
+    if enabled:
+        context.update(
+            building=_building_notice(aggregates or {}),
+            cards=_cards(overview["total"], overview["dropped"]),
+            series_charts=_series_charts(overview["series"], overview["bucket_s"]),
+            percentile_charts=(
+                _percentile_charts(overview["by_model"]) if key_name is None else []
+            ),
+            errors_chart=_errors_chart(overview["by_backend"]) if key_name is None else "",
+            recent=_recent_rows(overview["recent"]),
         )
-    else:
-        content = (
-            _building_notice(aggregates or {})
-            + f'<div class="cards">{_cards(overview["total"], overview["dropped"])}</div>'
-            + quota_html
-            + f"<h2>Over time</h2>{_series_charts(overview['series'], overview['bucket_s'])}"
-            f"<h2>Latency</h2>{_percentile_charts(overview['by_model'])}"
-            f"<h2>Errors</h2>{_errors_chart(overview['by_backend'])}"
-            f"<h2>Recent requests</h2>{_recent_table(overview['recent'])}"
-        )
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="refresh" content="{REFRESH_S}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
-        f"<title>qwenproxy usage</title><style>{STYLE}</style></head><body>"
-        f"<h1>qwenproxy usage — last {escape(since)}</h1>"
-        f'<div class="muted">generated {generated}; refreshes every {REFRESH_S} s</div>'
-        f'<div class="periods">{"".join(link(p) for p in PERIODS)}</div>'
-        f"{content}</body></html>"
+    return render_template("dashboard.html", **context)
+
+
+def _page(body: str, status: int = 200) -> Response:
+    response = Response(body, status=status, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def _login_page(error: str | None = None, status: int = 401) -> Response:
+    sessions = services().dashboard_sessions
+    ttl_h = sessions.ttl_s / 3600 if sessions is not None else 0
+    page = render_template(
+        "login.html",
+        action=f"{COOKIE_PATH}/login",
+        error=error,
+        ttl=f"{ttl_h:g} h" if ttl_h >= 1 else f"{ttl_h * 60:g} min",
     )
+    return _page(page, status)
+
+
+def _session_caller() -> tuple[Caller | None, bool]:
+    """Who opens the page, and whether by session cookie. A request with a key header is
+    an API client (401/403 as JSON when the key is wrong); without any key configured
+    the loopback rule applies; a browser needs a valid, unexpired session of a key that
+    is still live (revoked keys lose their sessions within CLIENT_KEYS_REFRESH)."""
+    srv = services()
+    access = srv.access
+    if presented_key(request.headers) is not None or not access.enabled:
+        return access.identify(request.headers, request.remote_addr), False
+    sessions = srv.dashboard_sessions
+    client_id = sessions.verify(request.cookies.get(COOKIE_NAME)) if sessions else None
+    return (access.caller_for_id(client_id) if client_id else None), True
 
 
 @bp.get("/dashboard")
 def dashboard() -> Response:
+    caller, by_cookie = _session_caller()
+    if caller is None:
+        return _login_page(status=401)
+    set_caller(caller)
     since, since_s = since_param()
-    overview = services().ledger.overview(since_s, recent=RECENT_ROWS)
-    quota = getattr(services(), "quota", None)
-    quota_html = ""
-    if quota is not None and quota.windows:  # templates/quota_gauges.html
-        quota_html = render_template("quota_gauges.html", rows=quota.report())
-    page = render_dashboard(
-        overview, since, request.args.get("key", "").strip() or None, aggregates_state(),
-        quota_html,
+    srv = services()
+    if caller.admin:
+        overview = srv.ledger.overview(since_s, recent=RECENT_ROWS)
+        quota = srv.quota
+        rows = quota.report() if quota is not None and quota.windows else None
+        page = render_dashboard(
+            overview, since, aggregates_state(), logout=by_cookie, quota_rows=rows
+        )
+    else:
+        overview = srv.key_usage.overview(caller.client_id, since_s, recent=RECENT_ROWS)
+        page = render_dashboard(
+            overview, since, aggregates_state(), caller.client_key.name, logout=by_cookie
+        )
+    return _page(page)
+
+
+def _same_origin() -> None:
+    """CSRF: the session cookie is SameSite=Strict, and a form post must come from this
+    origin (a browser names it in `Origin`; `Sec-Fetch-Site` when it sends that)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        authority = origin.split("://", 1)[-1].split("/", 1)[0]
+        if origin == "null" or authority.lower() != (request.host or "").lower():
+            raise PermissionDeniedError("The login form must be posted from this proxy's page.")
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        raise PermissionDeniedError("The login form must be posted from this proxy's page.")
+
+
+def _is_https() -> bool:
+    if request.is_secure:
+        return True
+    access = services().access
+    forwarded = request.headers.get("X-Forwarded-Proto", "").rsplit(",", 1)[-1].strip()
+    return bool(access.trust_proxy_headers and forwarded.lower() == "https")
+
+
+@bp.post("/dashboard/login")
+def login() -> Response:
+    _same_origin()
+    srv = services()
+    if not srv.access.enabled:  # no key anywhere: the page needs no login
+        return redirect(COOKIE_PATH, 303)
+    if (request.content_length or 0) > MAX_LOGIN_BODY:
+        raise PayloadTooLargeError(f"A login form is at most {MAX_LOGIN_BODY} bytes.")
+    address = (
+        srv.access.client_address(request.remote_addr, request.headers)
+        or request.remote_addr
+        or "-"
     )
-    response = Response(page, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    wait = srv.login_throttle.retry_after(address)
+    if wait > 0:
+        response = _login_page(
+            f"Too many wrong keys from this address; try again in {wait:.0f} s.", 429
+        )
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+    key = request.form.get("key", "").strip()
+    try:
+        caller = srv.access.identify({"x-api-key": key}, request.remote_addr) if key else None
+    except AuthenticationError:
+        caller = None
+    if caller is None or srv.dashboard_sessions is None:
+        srv.login_throttle.failed(address)
+        return _login_page("That key is not valid for this proxy.", 401)
+    srv.login_throttle.succeeded(address)
+    response = redirect(COOKIE_PATH, 303)
+    response.set_cookie(
+        COOKIE_NAME,
+        srv.dashboard_sessions.issue(caller.client_id),
+        max_age=int(srv.dashboard_sessions.ttl_s),
+        path=COOKIE_PATH,
+        secure=_is_https(),
+        httponly=True,
+        samesite="Strict",
+    )
     response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@bp.post("/dashboard/logout")
+def logout() -> Response:
+    _same_origin()
+    response = redirect(COOKIE_PATH, 303)
+    response.delete_cookie(
+        COOKIE_NAME, path=COOKIE_PATH, secure=_is_https(), httponly=True, samesite="Strict"
+    )
     return response

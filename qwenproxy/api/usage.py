@@ -1,6 +1,7 @@
-"""`GET /usage/stats`, `GET /usage/recent`, `GET /usage/quota` (the usage ledger and the
-quota windows as JSON) and `GET /metrics` (Prometheus text). All need the proxy key, like
-the API."""
+"""`GET /usage/stats`, `GET /usage/recent` (the usage ledger as JSON), `GET /usage/quota`
+(the quota windows) and `GET /metrics` (Prometheus text). All need a client key, like the
+API: an admin key (PROXY_API_KEY) reads everything, a named key only its own usage (403 on
+/metrics, /usage/quota and on other keys' data)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from qwenproxy.api.context import require_client, services
-from qwenproxy.errors import InvalidRequestError
+from qwenproxy.api.context import admin_only, caller_key, require_client, services
+from qwenproxy.errors import InvalidRequestError, PermissionDeniedError
 from qwenproxy.services.quota import quota_metrics_text
 from qwenproxy.services.usage_stats import GROUP_BY, parse_duration
 
@@ -51,20 +52,50 @@ def _limit_param() -> int:
     return limit
 
 
+def key_scope() -> str | None:
+    """The one key id these reads are limited to: the caller's own for a named key (403
+    when `?key_id=` names another), an admin's `?key_id=`, or None (every key)."""
+    wanted = request.args.get("key_id", "").strip() or None
+    own = caller_key()
+    if own is None:
+        return wanted
+    if wanted is not None and wanted != own.key_id:
+        raise PermissionDeniedError(
+            "A named client key reads only its own usage; key_id names another key.",
+            param="key_id",
+        )
+    return own.key_id
+
+
 @bp.get("/usage/stats")
 def usage_stats() -> dict[str, Any]:
     since, since_s = since_param()
     group_by = _group_by_param()
+    scope = key_scope()
     ledger = services().ledger
-    return {
+    if scope is None:
+        data = ledger.stats(since_s, group_by)
+    elif group_by in (None, "key"):
+        data = services().key_usage.stats(scope, since_s)
+    else:
+        error = PermissionDeniedError if caller_key() is not None else InvalidRequestError
+        raise error(
+            f"group_by={group_by} covers every client key; one key's usage has no groups "
+            "but its own (leave group_by out, or use group_by=key).",
+            param="group_by",
+        )
+    body = {
         "object": "usage.stats",
         "since": since,
         "since_s": since_s,
         "group_by": group_by,
         "accounting": ledger.enabled,
         "aggregates": aggregates_state(),
-        "data": ledger.stats(since_s, group_by),
+        "data": data,
     }
+    if scope is not None:
+        body["key_id"] = scope
+    return body
 
 
 def aggregates_state() -> dict[str, Any]:
@@ -77,17 +108,24 @@ def aggregates_state() -> dict[str, Any]:
 @bp.get("/usage/recent")
 def usage_recent() -> dict[str, Any]:
     limit = _limit_param()
+    scope = key_scope()
     ledger = services().ledger
-    return {"object": "list", "accounting": ledger.enabled, "data": ledger.recent(limit)}
+    if scope is None:
+        data = ledger.recent(limit)
+    else:
+        data = services().key_usage.recent(scope, limit)
+    return {"object": "list", "accounting": ledger.enabled, "data": data}
 
 
 @bp.get("/usage/quota")
+@admin_only
 def usage_quota() -> dict[str, Any]:
     quota = getattr(services(), "quota", None)
     return {"object": "usage.quota", "data": quota.report() if quota is not None else []}
 
 
 @bp.get("/metrics")
+@admin_only
 def metrics() -> Response:
     body, content_type = services().metrics.render()
     quota = getattr(services(), "quota", None)

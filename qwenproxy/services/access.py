@@ -1,6 +1,9 @@
 """Who may use the proxy: client keys (constant-time compare) or, without keys, loopback.
 
-Returns a short, stable client id derived from the key (a hash, never the key itself).
+Keys in PROXY_API_KEY are the admin keys; named keys (services/client_keys.py) authenticate
+too, as callers that see only their own usage. Without any key configured, loopback
+clients are served (as admin); once named keys exist, every request needs a key. Returns
+a short, stable client id derived from the key (a hash, never the key itself).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from qwenproxy.errors import AuthenticationError, PermissionDeniedError
 
@@ -52,16 +57,52 @@ def _is_router(address: str | None) -> bool:
     return ip.is_loopback or any(ip in network for network in _ROUTER_NETWORKS)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: the ledger's client id and, for a named key, its record
+    (services/client_keys.ClientKey); admin keys and local callers have none."""
+
+    client_id: str
+    client_key: Any = None
+
+    @property
+    def admin(self) -> bool:
+        return self.client_key is None
+
+
 class ClientAccess:
-    def __init__(self, keys: tuple[str, ...], trust_proxy_headers: bool = False) -> None:
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        trust_proxy_headers: bool = False,
+        named: Any = None,  # services/client_keys.ClientKeyStore, or None
+    ) -> None:
         self._keys = tuple(k.encode() for k in keys)
         self._ids = {k: key_id(k) for k in keys}
+        self._admin_ids = frozenset(self._ids.values())
         self._trust_proxy_headers = trust_proxy_headers
         self._told_about_router = False
+        self.named = named
 
     @property
     def enabled(self) -> bool:
+        """Whether requests need a key (admin keys set, or named keys exist)."""
+        return bool(self._keys) or bool(self.named is not None and self.named.any_live)
+
+    @property
+    def has_admin_keys(self) -> bool:
         return bool(self._keys)
+
+    @property
+    def trust_proxy_headers(self) -> bool:
+        return self._trust_proxy_headers
+
+    def caller_for_id(self, client_id: str) -> Caller | None:
+        """The caller of a live key with this id (a dashboard session holds only the id)."""
+        if client_id in self._admin_ids:
+            return Caller(client_id)
+        record = self.named.by_key_id(client_id) if self.named is not None else None
+        return None if record is None else Caller(record.key_id, record)
 
     def client_address(self, remote_addr: str | None, headers: Mapping[str, str]) -> str | None:
         """The client's address. With TRUST_PROXY_HEADERS, a request that a reverse proxy
@@ -85,7 +126,11 @@ class ClientAccess:
 
     def check(self, headers: Mapping[str, str], remote_addr: str | None) -> str:
         """The client id of an allowed request; raises 401/403 otherwise."""
-        if not self._keys:
+        return self.identify(headers, remote_addr).client_id
+
+    def identify(self, headers: Mapping[str, str], remote_addr: str | None) -> Caller:
+        """The caller of an allowed request; raises 401/403 otherwise."""
+        if not self.enabled:
             # Local means this machine end to end: a request that came through a router on
             # another machine is not local, whatever address the header names.
             if (
@@ -93,7 +138,7 @@ class ClientAccess:
                 and _is_loopback(self.client_address(remote_addr, headers))
                 and _local_page(headers)
             ):
-                return LOCAL_CLIENT_ID
+                return Caller(LOCAL_CLIENT_ID)
             raise PermissionDeniedError(
                 "This proxy serves only local clients because no client key is set (requests "
                 "from web pages on other sites are refused too). Set PROXY_API_KEY on the proxy "
@@ -110,9 +155,12 @@ class ClientAccess:
         for key in self._keys:  # compare against every key: no early exit on a match
             if hmac.compare_digest(candidate, key):
                 match = key
-        if match is None:
+        if match is not None:
+            return Caller(self._ids[match.decode()])
+        record = self.named.lookup(presented) if self.named is not None else None
+        if record is None:
             raise AuthenticationError("Invalid API key for this proxy.")
-        return self._ids[match.decode()]
+        return Caller(record.key_id, record)
 
 
 def _host_is_local(value: str) -> bool:
@@ -140,6 +188,11 @@ def _local_page(headers: Mapping[str, str]) -> bool:
         if origin == "null" or not _host_is_local(authority):
             return False
     return headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request sends (`Authorization: Bearer` or `x-api-key`), or None."""
+    return _presented_key(headers)
 
 
 def _presented_key(headers: Mapping[str, str]) -> str | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
+from qwenproxy.services.client_keys import allowed_plan
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
@@ -168,6 +169,8 @@ class CompletionService:
             if claimed is not None:  # exactly one request of this session takes the one-off
                 model_now = state.oneoff
         plan = self.router.plan(model_now or state.model or body.get("model"), state.backend)
+        if ctx.client_key is not None:
+            plan = allowed_plan(plan, ctx.client_key)
         messages = merge_system_messages(extraction.messages)
         outcome = ctx.outcome
         if _chosen(state.redact_api_keys, self.guards.redact_api_keys):

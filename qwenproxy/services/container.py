@@ -31,10 +31,13 @@ from qwenproxy.services.backends import (
     QwenOAuthCredentials,
     StaticKeyCredentials,
 )
+from qwenproxy.services.client_keys import ClientKeyStore
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
+from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle, shared_secret
 from qwenproxy.services.guards import SecretRedactor
+from qwenproxy.services.key_usage import KeyUsage
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.limits import LimitEngine
 from qwenproxy.services.metrics import Metrics, build_metrics
@@ -98,6 +101,10 @@ class Services:
     tokens: PromptCounter = field(default_factory=PromptCounter)
     model_lists: ModelListRefresher | None = None
     quota: QuotaGate | None = None  # None when accounting is off (limits count the ledger)
+    client_keys: ClientKeyStore | None = None
+    key_usage: KeyUsage | None = None
+    dashboard_sessions: DashboardSessions | None = None
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
@@ -276,10 +283,12 @@ def build_services(
         facts=facts,
         quota=quota,
     )
+    client_keys = ClientKeyStore(db, config.client_keys_refresh, clock=clock)
+    client_keys.start()
     return Services(
         config=config,
         http=http,
-        access=ClientAccess(config.proxy_api_keys, config.trust_proxy_headers),
+        access=ClientAccess(config.proxy_api_keys, config.trust_proxy_headers, client_keys),
         router=router,
         completions=completions,
         db=db,
@@ -297,4 +306,11 @@ def build_services(
         tokens=tokens,
         model_lists=model_lists,
         quota=quota,
+        client_keys=client_keys,
+        key_usage=KeyUsage(db, clock, enabled=not config.disable_accounting),
+        dashboard_sessions=DashboardSessions(
+            lambda: shared_secret(db, "dashboard_session", clock),
+            config.dashboard_session_ttl,
+            clock,
+        ),
     )

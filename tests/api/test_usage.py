@@ -1,6 +1,6 @@
 """/usage/stats, /usage/recent, /metrics and /dashboard: answers, parameter errors in the
-OpenAI error shape, the proxy key (also as ?key= on the dashboard), and a dashboard page
-that is self-contained."""
+OpenAI error shape, the proxy key (never as ?key=), and a dashboard page that is
+self-contained."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from flask import Flask
 from qwenproxy.api import dashboard, usage
 from qwenproxy.api.errors import register_error_handlers
 from qwenproxy.services.access import ClientAccess
+from qwenproxy.services.client_keys import ClientKeyStore
+from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle
+from qwenproxy.services.key_usage import KeyUsage
 from qwenproxy.services.metrics import Metrics
 from qwenproxy.services.store import Database
 from qwenproxy.services.usage import NullLedger, UsageLedger, UsageRecord
@@ -23,10 +26,21 @@ NOW = 1767225600.0  # 2026-01-01T00:00:00Z
 KEY = {"Authorization": "Bearer sk-proxy-1"}
 
 
-def make_app(ledger, metrics: Metrics, keys: tuple[str, ...] = ()) -> Flask:
+def make_app(
+    ledger, metrics: Metrics, keys: tuple[str, ...] = (), store: ClientKeyStore | None = None
+) -> Flask:
+    """The usage and dashboard blueprints over `ledger`, with admin `keys` and named keys
+    from `store` (a ClientKeyStore on the ledger's database)."""
+    db = getattr(ledger, "_db", None)
     app = Flask("usage-test")
     app.extensions["qwenproxy"] = SimpleNamespace(
-        ledger=ledger, metrics=metrics, access=ClientAccess(keys), upkeep=None
+        ledger=ledger,
+        metrics=metrics,
+        access=ClientAccess(keys, named=store),
+        upkeep=None,
+        key_usage=KeyUsage(db, clock=lambda: NOW, enabled=db is not None),
+        dashboard_sessions=DashboardSessions(lambda: b"s" * 32, 3600.0),
+        login_throttle=LoginThrottle(),
     )
     register_error_handlers(app)
     app.register_blueprint(usage.bp)
@@ -199,17 +213,21 @@ def test_metrics_are_prometheus_text(client, metrics):
 def test_every_route_needs_the_key_when_keys_are_set(keyed, path):
     response = keyed.get(path)
     assert response.status_code == 401
-    assert response.json["error"]["code"] == "invalid_api_key"
+    if path == "/dashboard":  # a browser gets the login form
+        assert response.mimetype == "text/html"
+        assert '<form method="post" action="/dashboard/login">' in response.get_data(as_text=True)
+    else:
+        assert response.json["error"]["code"] == "invalid_api_key"
     assert keyed.get(path, headers=KEY).status_code == 200
     assert keyed.get(path, headers={"x-api-key": "sk-proxy-1"}).status_code == 200
 
 
-def test_dashboard_accepts_the_key_in_the_url_and_other_routes_do_not(keyed):
-    assert keyed.get("/dashboard?key=sk-proxy-1").status_code == 200
-    assert keyed.get("/dashboard?key=wrong").status_code == 401
-    # the key in the URL wins over a header
-    assert keyed.get("/dashboard?key=wrong", headers=KEY).status_code == 401
-    assert keyed.get("/usage/stats?key=sk-proxy-1").status_code == 401
+def test_a_key_in_the_url_opens_nothing(keyed):
+    for path in ("/dashboard?key=sk-proxy-1", "/usage/stats?key=sk-proxy-1"):
+        assert keyed.get(path).status_code == 401
+    # a wrong key in a header is an API client's mistake: JSON, not the form
+    response = keyed.get("/dashboard", headers={"Authorization": "Bearer wrong"})
+    assert (response.status_code, response.json["error"]["code"]) == (401, "invalid_api_key")
 
 
 def test_without_keys_only_loopback_clients_may_look(client):
@@ -264,9 +282,10 @@ def test_dashboard_escapes_names_chosen_by_clients(tmp_path, metrics):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-def test_dashboard_links_keep_the_key_from_the_url(keyed):
-    page = keyed.get("/dashboard?key=sk-proxy-1&since=1h").get_data(as_text=True)
-    assert "?since=7d&amp;key=sk-proxy-1" in page
+def test_dashboard_links_carry_no_key(keyed):
+    page = keyed.get("/dashboard?since=1h", headers=KEY).get_data(as_text=True)
+    assert 'href="?since=7d"' in page
+    assert "key=" not in page and "sk-proxy-1" not in page
 
 
 def test_dashboard_rejects_a_bad_period(client):
@@ -274,3 +293,88 @@ def test_dashboard_rejects_a_bad_period(client):
     assert response.status_code == 400
     assert response.json["error"]["param"] == "since"
 
+
+
+# --- named client keys: who sees what ----------------------------------------------------
+
+
+@pytest.fixture
+def named(ledger, metrics):
+    """An app with an admin key and two named keys; alice has one request in the ledger."""
+    store = ClientKeyStore(ledger._db)
+    alice, alice_key = store.add("alice")
+    bob, bob_key = store.add("bob")
+    ledger.record(
+        UsageRecord(
+            started_at=NOW - 30,
+            client_key_id=alice.key_id,
+            backend="dashscope",
+            upstream_model="qwen3-coder-plus",
+            requested_model="qwen3-coder-plus",
+            prompt_tokens=5,
+            completion_tokens=2,
+            latency_ms=10.0,
+        )
+    )
+    ledger.flush()
+    store.refresh()
+    client = make_app(ledger, metrics, keys=("sk-proxy-1",), store=store).test_client()
+    return SimpleNamespace(
+        client=client,
+        alice=alice,
+        bob=bob,
+        as_alice={"Authorization": f"Bearer {alice_key}"},
+        as_bob={"x-api-key": bob_key},
+    )
+
+
+def test_a_named_key_reads_only_its_own_stats_and_rows(named):
+    body = named.client.get("/usage/stats", headers=named.as_alice).json
+    assert body["key_id"] == named.alice.key_id
+    assert [(r["group"], r["requests"]) for r in body["data"]] == [(named.alice.key_id, 1)]
+    rows = named.client.get("/usage/recent", headers=named.as_alice).json["data"]
+    assert [r["client_key_id"] for r in rows] == [named.alice.key_id]
+    assert named.client.get("/usage/recent", headers=named.as_bob).json["data"] == []
+    # the admin still sees every row
+    assert len(named.client.get("/usage/recent", headers=KEY).json["data"]) == 5
+
+
+def test_a_named_key_gets_403_on_metrics_and_on_other_keys(named):
+    for path in (
+        "/metrics",
+        f"/usage/stats?key_id={named.bob.key_id}",
+        f"/usage/recent?key_id={named.bob.key_id}",
+        "/usage/stats?group_by=model",
+        "/usage/stats?group_by=session",
+    ):
+        response = named.client.get(path, headers=named.as_alice)
+        assert response.status_code == 403, path
+        assert response.json["error"]["type"] == "permission_error"
+    assert named.client.get("/metrics", headers=KEY).status_code == 200
+    own = f"/usage/stats?key_id={named.alice.key_id}"
+    assert named.client.get(own, headers=named.as_alice).status_code == 200
+
+
+def test_an_admin_may_read_one_key(named):
+    body = named.client.get(f"/usage/stats?key_id={named.alice.key_id}", headers=KEY).json
+    assert body["data"][0]["requests"] == 1
+
+
+def test_the_dashboard_of_a_named_key_shows_only_its_requests(named):
+    page = named.client.get("/dashboard", headers=named.as_alice).get_data(as_text=True)
+    assert "key alice" in page
+    assert named.alice.key_id in page
+    assert "k1" not in page and "coder-model" not in page  # other keys' rows and models
+    assert "Errors by backend" not in page
+
+
+def test_with_named_keys_and_no_admin_key_nobody_reads_everything(ledger, metrics):
+    store = ClientKeyStore(ledger._db)
+    _, key = store.add("alice")
+    store.refresh()
+    client = make_app(ledger, metrics, store=store).test_client()
+    assert client.get("/usage/stats").status_code == 401  # loopback needs a key now
+    response = client.get("/metrics", headers={"x-api-key": key})
+    assert response.status_code == 403
+    assert "set PROXY_API_KEY" in response.json["error"]["message"]
+    assert client.get("/usage/stats", headers={"x-api-key": key}).status_code == 200

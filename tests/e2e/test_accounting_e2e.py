@@ -78,7 +78,7 @@ def test_ledger_metrics_and_cli_for_a_known_sequence(start_proxy, fake, tmp_path
                 if line.startswith("qwenproxy_requests_total{"))
     assert total == 4  # summed over both workers
     assert requests.get(proxy.url + "/metrics", timeout=5).status_code == 401
-    page = requests.get(proxy.url + f"/dashboard?key={KEY}", timeout=5)
+    page = requests.get(proxy.url + "/dashboard", headers=auth, timeout=5)
     assert page.status_code == 200 and "<svg" in page.text
 
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
