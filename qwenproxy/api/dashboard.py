@@ -254,7 +254,7 @@ def dashboard() -> Response:
     srv = services()
     if caller.admin:
         overview = srv.ledger.overview(since_s, recent=RECENT_ROWS)
-        quota = srv.quota
+        quota = getattr(srv, "quota", None)
         rows = quota.report() if quota is not None and quota.windows else None
         page = render_dashboard(
             overview, since, aggregates_state(), logout=by_cookie, quota_rows=rows

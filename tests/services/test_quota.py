@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -14,6 +13,7 @@ from qwenproxy import cli, create_app
 from qwenproxy.config import Config
 from qwenproxy.config_values import parse_prices
 from qwenproxy.errors import BudgetExceededError
+from qwenproxy.services.client_keys import ClientKey
 from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.container import build_services
 from qwenproxy.services.quota import REMAINING_HEADER, key_id_of
@@ -197,16 +197,11 @@ def test_a_short_rate_limit_is_not_an_exhausted_quota():
     assert classify(400, None, "bad request", None) is None
 
 
-@dataclass
-class StandInKey:
-    key_id: str = "c1d2e3"
-    name: str = "alice"
-    requests_per_day: int | None = None
-    tokens_per_month: int | None = None
-    cost_per_month: float | None = None
+def named_key(**budgets) -> ClientKey:
+    return ClientKey(name="alice", key_hash="-", key_id="c1d2e3", created_at=0.0, **budgets)
 
 
-def ask(services, key: StandInKey):
+def ask(services, key: ClientKey):
     ctx = RequestContext(client_id=key.key_id, session_id="s", client_key=key)
     body = {"model": "qwen3-coder-plus", "messages": [{"role": "user", "content": "hi"}]}
     return services.completions.handle(body, ctx)
@@ -234,7 +229,7 @@ def test_a_spent_budget_is_429_budget_exceeded_until_the_period_ends(
         ),
     )
     _, services = plan_app(windows={}, model_prices=prices)
-    key = StandInKey(**budget)
+    key = named_key(**budget)
     for _ in range(served):
         ask(services, key)
         services.ledger.flush()
