@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError, ProxyError
-from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
+from qwenproxy.services.content import content_text
+from qwenproxy.services.pipeline_frames import first_choice, reasoning_text
 from qwenproxy.services.prompt_cache import (
     cache_counts,
     count_markers,
@@ -121,7 +122,7 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
         elif role == "assistant":
             messages.append(_assistant_message(content))
         else:  # some clients put a system turn inside `messages`
-            text = _plain_text(content)
+            text = content_text(content)
             if text:
                 system.append({"type": "text", "text": text})
     if system:
@@ -211,12 +212,6 @@ def _with_marker(part: dict[str, Any], block: Any) -> dict[str, Any]:
     return part
 
 
-def _plain_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(b["text"] for b in content if isinstance(b.get("text"), str))
-
-
 def _omitted(kind: str) -> dict[str, Any]:
     return {"type": "text", "text": f"[{kind} omitted: the proxy cannot forward it]"}
 
@@ -241,7 +236,7 @@ def _document_part(block: dict[str, Any]) -> dict[str, Any]:
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": prefix + source["data"]}
     if source.get("type") == "content" and isinstance(source.get("content"), list):
-        return {"type": "text", "text": prefix + _plain_text(source["content"])}
+        return {"type": "text", "text": prefix + content_text(source["content"])}
     return _omitted(f"document ({source.get('media_type') or source.get('type') or 'file'})")
 
 
@@ -474,7 +469,7 @@ def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[st
     reasoning = reasoning_text(message) if request.thinking else ""
     if reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message_text(message.get("content"))
+    text = content_text(message.get("content"), separator="")
     if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():

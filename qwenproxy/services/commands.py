@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenproxy.errors import ProxyError
+from qwenproxy.services.content import is_text_part, text_parts
 from qwenproxy.services.input_rules import name_problem
 from qwenproxy.services.router import POLICIES, FailoverRoute, Router, RouteStore
 from qwenproxy.services.sessions import LoadedSession, SessionState
@@ -122,20 +123,6 @@ def _parse_args(raw: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
     return args, tuple(positional)
 
 
-def _text_parts(content: Any) -> list[tuple[int | None, str]]:
-    if isinstance(content, str):
-        return [(None, content)]
-    if isinstance(content, list):
-        return [
-            (i, part["text"])
-            for i, part in enumerate(content)
-            if isinstance(part, dict)
-            and part.get("type") in ("text", "input_text")
-            and isinstance(part.get("text"), str)
-        ]
-    return []
-
-
 class CommandProcessor:
     def __init__(
         self,
@@ -173,8 +160,8 @@ class CommandProcessor:
             return {**message, "content": self.pattern.sub(repl, content).strip()}
         parts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                text = self.pattern.sub(repl, part.get("text") or "").strip()
+            if is_text_part(part):
+                text = self.pattern.sub(repl, part["text"]).strip()
                 if text:
                     parts.append({**part, "text": text})
             else:
@@ -184,7 +171,7 @@ class CommandProcessor:
     def _has_command(self, message: dict[str, Any]) -> bool:
         return any(
             self.prefix in text and self.pattern.search(text)
-            for _, text in _text_parts(message.get("content"))
+            for _, text in text_parts(message.get("content"))
         )
 
     @staticmethod

@@ -15,6 +15,7 @@ import orjson
 
 from qwenproxy.errors import ClientGoneError, ContextLengthExceededError, ProxyError, RateLimitError
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
+from qwenproxy.services.content import content_text, is_text_part
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
@@ -30,18 +31,6 @@ log = logging.getLogger(__name__)
 SYSTEM_ROLES = ("system", "developer")
 QUOTA_COOL_DOWN_S = 3600.0
 ENDED_ACCOUNT_COOL_DOWN_S = 3600.0
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-        )
-    return ""
 
 
 def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,7 +57,7 @@ def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     if any(has_markers(m.get("content")) for m in systems):
         merged["content"] = [part for m in systems for part in _system_parts(m.get("content"))]
     else:
-        texts = [_text_of(m.get("content")) for m in systems]
+        texts = [content_text(m.get("content")) for m in systems]
         merged["content"] = "\n\n".join(t for t in texts if t)
     return [merged, *(m for m in messages if m.get("role") not in SYSTEM_ROLES)]
 
@@ -79,8 +68,8 @@ def _system_parts(content: Any) -> list[dict[str, Any]]:
         return [{"type": "text", "text": content}] if content else []
     parts = []
     for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-            text = {"type": "text", "text": str(part.get("text") or "")}
+        if is_text_part(part):
+            text = {"type": "text", "text": part["text"]}
             if "cache_control" in part:
                 text["cache_control"] = part["cache_control"]
             parts.append(text)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
+from qwenproxy.services.content import ANY_TYPE, TEXT_PART_TYPES, is_text_part
+
 # --- loop detection ------------------------------------------------------------------------
 
 # The detector looks back over the last LOOP_WINDOW characters of the stream (it holds at
@@ -246,8 +248,6 @@ SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 SHORTEST_PATTERN_MATCH = 15
 MIN_KNOWN_SECRET = 8  # configured secrets shorter than this are not searched for
 
-TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
-
 
 def _secret_pattern() -> re.Pattern[str]:
     """SECRET_PATTERNS as one alternation: one pass over a text finds any of them."""
@@ -334,9 +334,7 @@ class SecretRedactor:
         result: list[Any] | None = None
         total = 0
         for index, part in enumerate(parts):
-            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-                continue
-            if not any_text and part.get("type") not in TEXT_PART_TYPES:
+            if not is_text_part(part, ANY_TYPE if any_text else TEXT_PART_TYPES):
                 continue
             new_text, count = self._redact(part["text"], secrets)
             if count:

@@ -38,17 +38,6 @@ def first_choice(completion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return choice, message
 
 
-def message_text(content: Any) -> str:
-    """The text of a message's content: a string, or its `text` parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
-
-
 def reasoning_text(message: dict[str, Any]) -> str:
     """A thinking model's reasoning in a message or delta: `reasoning_content` (DashScope,
     vLLM, DeepSeek) or `reasoning` (OpenRouter)."""

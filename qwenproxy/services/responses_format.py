@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.content import content_text
 from qwenproxy.services.vendor_models import map_vendor_model
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class _MessageBuilder:
             )
         parts = _content_parts(item.get("content"), f"{param}.content")
         if role in SYSTEM_ROLES or role == "assistant":
-            text = "".join(p["text"] for p in parts if p["type"] == "text")
+            text = content_text(parts, separator="")
             self.messages.append(
                 {"role": "system" if role != "assistant" else role, "content": text}
             )
