@@ -322,6 +322,18 @@ def test_a_password_with_url_characters_stays_a_password() -> None:
     assert split_proxy_url("proxy.corp").port == 80
 
 
+def test_a_urls_credentials_are_read_in_one_place() -> None:
+    from qwenproxy.config_values import split_credentials, url_secrets
+
+    assert split_credentials("http://a:b%40c@h:1") == ("http://", "a:b%40c", "h:1")
+    assert split_credentials("a:b@h") == ("", "a:b", "h")
+    assert split_credentials("http://h:1") == ("http://", None, "h:1")
+    # the password as written and as sent; a lone user name is the secret (a token)
+    assert url_secrets("http://alice:p%40ss@h:1") == ("p%40ss", "p@ss")
+    assert url_secrets("http://tok123@h:1") == ("tok123",)
+    assert url_secrets("http://h:1") == ()
+
+
 def test_a_bad_proxy_url_error_repeats_nothing_of_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Config.from_env(environ={"UPSTREAM_PROXY": "http://me:pa55w0rd@proxy:port"},

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 import requests
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
+from qwenproxy.config_values import url_secrets
 from qwenproxy.errors import ProxyError
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
@@ -112,10 +112,7 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
         for proxy in (config.upstream_proxy, config.upstream_http_proxy):
             if not proxy:
                 continue
-            # its password, or a user name that serves as a token
-            userinfo = proxy.partition("://")[2].rpartition("@")[0]
-            secret = userinfo.partition(":")[2] or userinfo
-            for text in (secret, unquote(secret)):  # as written in the URL, and as sent
+            for text in url_secrets(proxy):
                 if len(text) >= 4:  # a shorter one would blank common words in every line
                     yield text
         for manager in managers:
