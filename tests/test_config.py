@@ -553,3 +553,16 @@ def test_model_prices_are_normalised_to_tiers() -> None:
             "n": None,
         }
     }
+
+
+def test_loop_settings_default_to_the_detectors_one_set_of_defaults() -> None:
+    from qwenproxy.services.guards import LOOP_DEFAULTS
+
+    config = Config.from_env(environ={}, dotenv_path=None)
+    assert (
+        config.loop_min_pattern,
+        config.loop_min_repeats,
+        config.loop_short_pattern,
+        config.loop_short_repeats,
+    ) == (100, 4, 20, 12)
+    assert LOOP_DEFAULTS.min_pattern == config.loop_min_pattern == Config().loop_min_pattern

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -19,6 +20,20 @@ from qwenproxy.services.content import ANY_TYPE, TEXT_PART_TYPES, is_text_part
 # fit in the window, so blocks longer than LOOP_WINDOW // min_repeats (4096 characters with
 # the defaults) are not detected.
 LOOP_WINDOW = 16_384
+
+
+@dataclass(frozen=True)
+class LoopThresholds:
+    """What counts as a loop (see LoopDetector). LOOP_DEFAULTS is the one place the
+    defaults are written: the LOOP_* settings and the pipeline's guards start from it."""
+
+    min_pattern: int = 100
+    min_repeats: int = 4
+    short_pattern: int = 20
+    short_repeats: int = 12
+
+
+LOOP_DEFAULTS = LoopThresholds()
 
 # Period searches are split into tiers of growing period ranges, each re-checked on its own
 # schedule: long periods need many characters before they can complete, so their (wider)
@@ -88,10 +103,10 @@ class LoopDetector:
 
     def __init__(
         self,
-        min_pattern: int = 100,
-        min_repeats: int = 4,
-        short_pattern: int = 20,
-        short_repeats: int = 12,
+        min_pattern: int = LOOP_DEFAULTS.min_pattern,
+        min_repeats: int = LOOP_DEFAULTS.min_repeats,
+        short_pattern: int = LOOP_DEFAULTS.short_pattern,
+        short_repeats: int = LOOP_DEFAULTS.short_repeats,
     ) -> None:
         if min(min_pattern, min_repeats, short_pattern, short_repeats) < 1:
             raise ValueError("loop thresholds must be positive")
