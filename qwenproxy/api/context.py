@@ -13,6 +13,7 @@ import orjson
 from flask import Response, current_app, g, request
 from werkzeug.datastructures import Headers
 
+from qwenproxy.api.errors import ErrorBody
 from qwenproxy.errors import ClientGoneError, InvalidRequestError, ProxyError
 from qwenproxy.schemas import parse_json_object
 from qwenproxy.services.completions import Completion, RequestContext, StreamingCompletion
@@ -61,7 +62,6 @@ def request_json(
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ErrorBody = Callable[[ProxyError], dict[str, Any]]
 
 
 def _openai_error_body(error: ProxyError) -> dict[str, Any]:

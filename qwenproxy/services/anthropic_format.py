@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from qwenproxy.errors import InvalidRequestError, ProxyError
+from qwenproxy.errors import ContextLengthExceededError, InvalidRequestError, ProxyError
 from qwenproxy.services.content import content_text
 from qwenproxy.services.pipeline_frames import first_choice, reasoning_text
 from qwenproxy.services.prompt_cache import (
@@ -68,6 +68,9 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
 
 
 def error_body_for(error: ProxyError) -> dict[str, Any]:
+    """`error` in Anthropic's shape; a prompt too long in the words Claude Code knows."""
+    if isinstance(error, ContextLengthExceededError):
+        return error_body("invalid_request_error", error.anthropic_message())
     return error_body(error_type_for_status(error.status), error.message)
 
 

@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from qwenproxy.errors import InvalidRequestError, RateLimitError, ServiceUnavailableError
+from qwenproxy.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from qwenproxy.services.anthropic_format import (
     AnthropicRequest,
     error_body_for,
@@ -484,6 +489,17 @@ def test_errors_take_anthropics_shape_and_type():
     }
     assert error_body_for(RateLimitError("slow"))["error"]["type"] == "rate_limit_error"
     assert error_body_for(ServiceUnavailableError("x"))["error"]["type"] == "overloaded_error"
+
+
+def test_a_prompt_too_long_is_worded_as_claude_code_knows_it_wherever_it_is_shaped():
+    # (a slow answer's keep-alive path shapes its error here too, not only the handler)
+    assert error_body_for(ContextLengthExceededError(5000, 3000)) == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "prompt is too long: 5000 tokens > 3000 maximum",
+        },
+    }
 
 
 # --- streams --------------------------------------------------------------------------
