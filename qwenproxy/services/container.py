@@ -34,6 +34,7 @@ from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.guards import SecretRedactor
+from qwenproxy.services.known_secrets import KnownSecrets
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.metrics import Metrics, build_metrics
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
@@ -88,7 +89,7 @@ class Services:
     # Records what the pipeline never saw (requests refused at the edge); the same
     # Accounting the pipeline records with.
     accounting: Accounting | None = None
-    secrets: Callable[[], Iterator[str]] = lambda: iter(())
+    secrets: KnownSecrets = field(default_factory=KnownSecrets)
     nonstream_keepalive: NonStreamKeepalive | None = None  # None: NONSTREAM_KEEPALIVE off
     facts: ModelFactsBook = field(default_factory=ModelFactsBook)
     tokens: PromptCounter = field(default_factory=PromptCounter)
@@ -96,7 +97,8 @@ class Services:
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
-    """Every secret the proxy holds at call time (for redaction and log scrubbing)."""
+    """Every secret the proxy holds at call time (for redaction and log scrubbing): the
+    OAuth tokens are those the managers hold in memory (read no file)."""
 
     def secrets() -> Iterator[str]:
         yield from config.proxy_api_keys
@@ -112,13 +114,10 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
         for proxy in (config.upstream_proxy, config.upstream_http_proxy):
             if not proxy:
                 continue
-            for text in url_secrets(proxy):
-                if len(text) >= 4:  # a shorter one would blank common words in every line
-                    yield text
+            yield from url_secrets(proxy)
         for manager in managers:
-            try:
-                creds = manager.current()
-            except ProxyError:  # no login: nothing to hide
+            creds = manager.cached()
+            if creds is None:  # not read yet: nothing of it can be in a log or a prompt
                 continue
             yield creds.access_token
             yield creds.refresh_token
@@ -147,7 +146,10 @@ def build_services(
     metrics = build_metrics(config.data_dir)
     timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
     user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
-    managers = [
+    # One matcher of the proxy's secrets, built again whenever a login's tokens change.
+    managers: list[QwenTokenManager] = []
+    secrets = KnownSecrets(secrets_of(config, managers))
+    managers.extend(
         QwenTokenManager(
             CredentialsFile(path),
             http,
@@ -156,9 +158,15 @@ def build_services(
             clock=clock,
             sleep=sleep,
             on_refresh=metrics.token_refresh,
+            on_credentials=secrets.refresh,
         )
         for path in config.qwen_oauth_creds
-    ]
+    )
+    for manager in managers:  # read each login now: its tokens are hidden from the start
+        try:
+            manager.current()
+        except ProxyError:  # no login yet: it is read (and its tokens hidden) when made
+            pass
     oauth_catalog = ModelCatalog(catalog.QWEN_OAUTH_MODELS, catalog.QWEN_OAUTH_ALIASES)
     oauth_accounts: list[Credentials] = [QwenOAuthCredentials(m, user_agent) for m in managers]
     backends: dict[str, OpenAICompatibleBackend] = {
@@ -216,7 +224,6 @@ def build_services(
             "loop_detection": config.loop_detection,
         },
     )
-    secrets = secrets_of(config, managers)
     ledger: UsageLedger | NullLedger = (
         NullLedger()
         if config.disable_accounting
