@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from qwenproxy.api.context import request_json, require_client, services, translated_door
+from qwenproxy.schemas import load_anthropic_messages_request
 from qwenproxy.services.anthropic_format import error_body_for, to_chat_request, to_message
 from qwenproxy.services.anthropic_stream import AnthropicStream
 from qwenproxy.services.qwen_tokens import REPLY_PRIMER
@@ -26,14 +27,21 @@ def hello() -> Response:
 
 @bp.post("/v1/messages")
 def messages() -> Response:
-    return translated_door(to_chat_request, AnthropicStream, to_message, error_body_for)
+    return translated_door(
+        to_chat_request,
+        AnthropicStream,
+        to_message,
+        error_body_for,
+        load_anthropic_messages_request,
+    )
 
 
 @bp.post("/v1/messages/count_tokens")
 def count_tokens() -> dict[str, int]:
     """The prompt as the upstream will see it (translated like /v1/messages), counted
     with Qwen's vocabulary and chat template, without the answer's primer."""
-    translated = to_chat_request(request_json(), services().config.anthropic_model_map)
+    body = request_json(load_anthropic_messages_request)
+    translated = to_chat_request(body, services().config.anthropic_model_map)
     chat = translated.chat
     counter = services().tokens
     total = counter.count_chat_off_hub(chat.get("messages") or [], chat.get("tools"))

@@ -130,10 +130,12 @@ def translated_door(
     stream_translator: Callable[[Any], StreamTranslator],
     to_answer: Callable[[dict[str, Any], Any], dict[str, Any]],
     error_body: ErrorBody = _openai_error_body,
+    load: Callable[[bytearray], dict[str, Any]] = parse_json_object,
 ) -> Response:
-    """A front door that speaks another API: translate the body into a chat request, run
-    the pipeline, and translate its answer (or its stream) back."""
-    translated = to_chat(request_json(), services().config.anthropic_model_map)
+    """A front door that speaks another API: check the body (`load`, the door's schema),
+    translate it into a chat request, run the pipeline, and translate its answer (or its
+    stream) back."""
+    translated = to_chat(request_json(load), services().config.anthropic_model_map)
     ctx = request_context(requested_model=translated.model)
     ctx.cache_markers = getattr(translated, "cache_markers", False)
     return run_pipeline(
