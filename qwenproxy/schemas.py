@@ -21,32 +21,33 @@ from qwenproxy.services.input_rules import too_deep, too_deep_error
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
-class StrictBoolean(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ValidationError("must be true or false")
-        return value
+class _Strict(fields.Field):
+    """A value of exactly the JSON type `kinds` (true is not a number here), as is."""
 
+    kinds: tuple[type, ...] = ()
+    what = ""
 
-class StrictNumber(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValidationError("must be a number")
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, self.kinds) or (is_bool and bool not in self.kinds):
+            raise ValidationError(f"must be {self.what}")
         return value
 
 
-class StrictInteger(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError("must be an integer")
-        return value
+class StrictBoolean(_Strict):
+    kinds, what = (bool,), "true or false"
 
 
-class StrictString(fields.Field):
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if not isinstance(value, str):
-            raise ValidationError("must be a string")
-        return value
+class StrictNumber(_Strict):
+    kinds, what = (int, float), "a number"
+
+
+class StrictInteger(_Strict):
+    kinds, what = (int,), "an integer"
+
+
+class StrictString(_Strict):
+    kinds, what = (str,), "a string"
 
 
 class Message(fields.Field):
