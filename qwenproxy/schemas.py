@@ -16,6 +16,7 @@ import orjson
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.content import SYSTEM_ROLES
 from qwenproxy.services.input_rules import too_deep, too_deep_error
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -248,7 +249,7 @@ def load_anthropic_messages_request(raw: bytes | bytearray) -> dict[str, Any]:
 
 # --- the Responses API (POST /v1/responses) -------------------------------------------
 
-INPUT_ROLES = ("user", "assistant", "system", "developer")
+INPUT_ROLES = ("user", "assistant", *SYSTEM_ROLES)
 
 
 class Unsupported(fields.Field):

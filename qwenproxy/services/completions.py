@@ -15,7 +15,7 @@ import orjson
 
 from qwenproxy.errors import ClientGoneError, ContextLengthExceededError, ProxyError, RateLimitError
 from qwenproxy.services.commands import LOCAL_MARKER, CommandProcessor
-from qwenproxy.services.content import content_text, is_text_part
+from qwenproxy.services.content import SYSTEM_ROLES, content_text, is_text_part
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.guards import LOOP_DEFAULTS, LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
@@ -28,7 +28,6 @@ from qwenproxy.sse import DONE_FRAME, encode_data
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ROLES = ("system", "developer")
 QUOTA_COOL_DOWN_S = 3600.0
 ENDED_ACCOUNT_COOL_DOWN_S = 3600.0
 

@@ -14,6 +14,7 @@ from typing import Any
 
 TEXT_PART_TYPES: frozenset[str] = frozenset({"text", "input_text", "output_text"})
 ANY_TYPE = None  # `types=ANY_TYPE`: every part with a string `text` counts
+SYSTEM_ROLES = ("system", "developer")  # the roles whose content is the system prompt
 
 
 def is_text_part(part: Any, types: Collection[str] | None = TEXT_PART_TYPES) -> bool:

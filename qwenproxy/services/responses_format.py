@@ -13,12 +13,11 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.services.content import content_text
+from qwenproxy.services.content import SYSTEM_ROLES, content_text
 from qwenproxy.services.vendor_models import map_vendor_model
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ROLES = ("system", "developer")
 MAX_TOOL_NAME = 64  # OpenAI's limit on function names, which upstreams enforce too
 RENAMED = (  # Responses field -> chat-completions field
     ("max_output_tokens", "max_tokens"),
