@@ -44,6 +44,7 @@ from qwenproxy.config_values import (
     parse_text,
     parse_url,
 )
+from qwenproxy.services.guards import LOOP_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -253,28 +254,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "LOOP_MIN_PATTERN",
         "loop_min_pattern",
-        "100",
+        str(LOOP_DEFAULTS.min_pattern),
         lambda n, v: parse_int(n, v, 20, 100000),
         "shortest repeated block that counts as a loop",
     ),
     Setting(
         "LOOP_MIN_REPEATS",
         "loop_min_repeats",
-        "4",
+        str(LOOP_DEFAULTS.min_repeats),
         lambda n, v: parse_int(n, v, 2, 1000),
         "back-to-back repeats of such a block",
     ),
     Setting(
         "LOOP_SHORT_PATTERN",
         "loop_short_pattern",
-        "20",
+        str(LOOP_DEFAULTS.short_pattern),
         lambda n, v: parse_int(n, v, 4, 100000),
         "shortest short block",
     ),
     Setting(
         "LOOP_SHORT_REPEATS",
         "loop_short_repeats",
-        "12",
+        str(LOOP_DEFAULTS.short_repeats),
         lambda n, v: parse_int(n, v, 2, 10000),
         "back-to-back repeats of a short block",
     ),
@@ -539,10 +540,10 @@ class Config:
     ledger_retention: float | None = 90 * 86400.0
     log_format: str = "human"
     loop_detection: bool = True
-    loop_min_pattern: int = 100
-    loop_min_repeats: int = 4
-    loop_short_pattern: int = 20
-    loop_short_repeats: int = 12
+    loop_min_pattern: int = LOOP_DEFAULTS.min_pattern
+    loop_min_repeats: int = LOOP_DEFAULTS.min_repeats
+    loop_short_pattern: int = LOOP_DEFAULTS.short_pattern
+    loop_short_repeats: int = LOOP_DEFAULTS.short_repeats
     redact_api_keys_in_prompts: bool = True
     stream_keepalive: float = 15.0
     nonstream_keepalive: float = 0.0

@@ -278,18 +278,37 @@ class ProxyAddress:
     password: str | None = field(default=None, repr=False)
 
 
-def split_proxy_url(url: str) -> ProxyAddress:
-    """`[http://][user[:password]@]host[:port][/]`, split once. The credentials are what
-    comes before the last `@` (a password may hold `#`, `?` or `/`); the port defaults
-    to 80. ValueError messages never repeat any part of `url`."""
+def split_credentials(url: str) -> tuple[str, str | None, str]:
+    """(`scheme://` or "", the credentials as written or None, the rest) of a URL such
+    as `http://user:password@host:port/path`. The credentials are what comes before the
+    last `@` (a password may hold `#`, `?` or `/`). The one reading of a URL's
+    credentials: the proxy settings, the secrets to hide, and the doctor's display."""
     scheme, sep, rest = url.strip().partition("://")
     if not sep:
-        scheme, rest = "http", url.strip()
+        scheme, rest = "", url.strip()
+    userinfo, at, hostpart = rest.rpartition("@")
+    return (f"{scheme}{sep}", userinfo if at else None, hostpart)
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The secret in a URL's credentials, as written and as sent (URL-decoded): its
+    password, or a user name alone (which some proxies take as a token)."""
+    userinfo = split_credentials(url)[1]
+    if not userinfo:
+        return ()
+    secret = userinfo.partition(":")[2] or userinfo
+    return tuple(dict.fromkeys((secret, unquote(secret))))
+
+
+def split_proxy_url(url: str) -> ProxyAddress:
+    """`[http://][user[:password]@]host[:port][/]`, split once (split_credentials); the
+    port defaults to 80. ValueError messages never repeat any part of `url`."""
+    prefix, userinfo, hostport = split_credentials(url)
+    scheme = prefix[:-3] or "http"
     if scheme.lower() != "http":
         raise ValueError(
             f"only http:// proxies are supported (HTTPS goes through them), not {scheme}://"
         )
-    userinfo, at, hostport = rest.rpartition("@")
     hostport = hostport.split("/", 1)[0]
     if hostport.startswith("["):
         host, bracket, tail = hostport[1:].partition("]")
@@ -305,7 +324,7 @@ def split_proxy_url(url: str) -> ProxyAddress:
     if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
         raise ValueError("the proxy's port must be a number from 1 to 65535")
     username = password = None
-    if at:
+    if userinfo is not None:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user)
         password = unquote(secret) if colon else None

@@ -1,5 +1,7 @@
 """Logging set-up: one stderr handler, and a filter that scrubs secrets from every record
-(message, arguments and traceback) on every handler we know of, gunicorn's included.
+(message, arguments and traceback) on every handler we know of, gunicorn's included. The
+proxy's own secrets come from the matcher the prompt redactor uses
+(services/known_secrets.py): a log call reads no file and asks no token manager.
 """
 
 from __future__ import annotations
@@ -7,7 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable
+
+from qwenproxy.services.known_secrets import KnownSecrets
 
 REDACTED = "[REDACTED]"
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
@@ -17,14 +20,12 @@ _SECRET_PARAMS = re.compile(r"(?i)\b((?:access|refresh|id)_token|api[_-]?key|key
 class SecretFilter(logging.Filter):
     """Replaces known secrets and bearer tokens in a record before any handler formats it."""
 
-    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, secrets: KnownSecrets) -> None:
         super().__init__()
         self._secrets = secrets
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets():
-            if secret and secret in text:
-                text = text.replace(secret, REDACTED)
+        text = self._secrets.replace(text, REDACTED)[0]
         # Each pattern runs only where it could match: its case-insensitive words are in
         # the lower-cased text (every character that matches them ignoring case lowers to
         # them). Most lines, the per-request ones included, have neither.
@@ -70,7 +71,7 @@ LOGGERS_TO_GUARD = ("", "gunicorn.error", "gunicorn.access", "werkzeug")
 
 
 def configure_logging(
-    level: str, secrets: Callable[[], Iterable[str]], log_format: str = "human"
+    level: str, secrets: KnownSecrets, log_format: str = "human"
 ) -> SecretFilter:
     """Give `qwenproxy` a stderr handler (unless one exists) and guard every handler.
     With `log_format="json"`, the per-request lines (`qwenproxy.requests`) are bare JSON."""

@@ -322,6 +322,18 @@ def test_a_password_with_url_characters_stays_a_password() -> None:
     assert split_proxy_url("proxy.corp").port == 80
 
 
+def test_a_urls_credentials_are_read_in_one_place() -> None:
+    from qwenproxy.config_values import split_credentials, url_secrets
+
+    assert split_credentials("http://a:b%40c@h:1") == ("http://", "a:b%40c", "h:1")
+    assert split_credentials("a:b@h") == ("", "a:b", "h")
+    assert split_credentials("http://h:1") == ("http://", None, "h:1")
+    # the password as written and as sent; a lone user name is the secret (a token)
+    assert url_secrets("http://alice:p%40ss@h:1") == ("p%40ss", "p@ss")
+    assert url_secrets("http://tok123@h:1") == ("tok123",)
+    assert url_secrets("http://h:1") == ()
+
+
 def test_a_bad_proxy_url_error_repeats_nothing_of_it() -> None:
     with pytest.raises(ConfigError) as caught:
         Config.from_env(environ={"UPSTREAM_PROXY": "http://me:pa55w0rd@proxy:port"},
@@ -577,3 +589,16 @@ def test_bad_quota_windows_are_refused_naming_the_variable(raw, words):
     with pytest.raises(ConfigError) as caught:
         Config.from_env({"QUOTA_WINDOWS": raw}, dotenv_path=None)
     assert "QUOTA_WINDOWS" in str(caught.value) and words in str(caught.value)
+
+
+def test_loop_settings_default_to_the_detectors_one_set_of_defaults() -> None:
+    from qwenproxy.services.guards import LOOP_DEFAULTS
+
+    config = Config.from_env(environ={}, dotenv_path=None)
+    assert (
+        config.loop_min_pattern,
+        config.loop_min_repeats,
+        config.loop_short_pattern,
+        config.loop_short_repeats,
+    ) == (100, 4, 20, 12)
+    assert LOOP_DEFAULTS.min_pattern == config.loop_min_pattern == Config().loop_min_pattern

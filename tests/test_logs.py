@@ -6,6 +6,7 @@ import io
 import logging
 
 from qwenproxy.logs import SecretFilter, configure_logging
+from qwenproxy.services.known_secrets import KnownSecrets
 
 
 def capture(secret_filter: SecretFilter) -> tuple[logging.Logger, io.StringIO]:
@@ -20,7 +21,7 @@ def capture(secret_filter: SecretFilter) -> tuple[logging.Logger, io.StringIO]:
 
 
 def test_secrets_args_bearer_tokens_and_tracebacks_are_scrubbed():
-    logger, stream = capture(SecretFilter(lambda: ["sk-configured-secret-1"]))
+    logger, stream = capture(SecretFilter(KnownSecrets(lambda: ["sk-configured-secret-1"])))
     logger.info("calling with %s", "sk-configured-secret-1")
     logger.info("header Authorization: Bearer abcdefghijklmnop1234 sent")
     logger.info("url https://x.test/v1?api_key=zzzzzzzzzz&other=1")
@@ -40,8 +41,8 @@ def test_configure_logging_guards_gunicorn_handlers():
     handler = logging.StreamHandler(io.StringIO())
     gunicorn_error.addHandler(handler)
     try:
-        configure_logging("INFO", lambda: ["secret-value-99"])
-        configure_logging("INFO", lambda: ["secret-value-99"])  # idempotent
+        configure_logging("INFO", KnownSecrets(lambda: ["secret-value-99"]))
+        configure_logging("INFO", KnownSecrets(lambda: ["secret-value-99"]))  # idempotent
         assert sum(isinstance(f, SecretFilter) for f in handler.filters) == 1
         gunicorn_error.warning("worker saw secret-value-99")
         assert "secret-value-99" not in handler.stream.getvalue()
@@ -73,7 +74,7 @@ def test_json_request_lines_are_bare_json(make_config, fake, capsys):
 
 
 def test_bearer_tokens_and_key_parameters_are_scrubbed_in_any_letter_case():
-    scrub = SecretFilter(lambda: []).scrub
+    scrub = SecretFilter(KnownSecrets(lambda: [])).scrub
     assert scrub("sent BeArEr abcdefghijklmnop1234") == "sent BeArEr [REDACTED]"
     assert scrub("url /x?API-KEY=zzzzzzzz&Access_Token=yyyyyyyy") == (
         "url /x?API-KEY=[REDACTED]&Access_Token=[REDACTED]"

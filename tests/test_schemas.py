@@ -1,4 +1,5 @@
-"""load_chat_completion_request: what is rejected (and with which `param`), what passes."""
+"""The doors' schemas (chat completions, Anthropic Messages, Responses): what is rejected
+(and with which `param` and words), what passes untouched."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 import pytest
 
 from qwenproxy.errors import InvalidRequestError
-from qwenproxy.schemas import load_chat_completion_request
+from qwenproxy.schemas import (
+    load_anthropic_messages_request,
+    load_chat_completion_request,
+    load_responses_request,
+)
 
 USER_HI = {"role": "user", "content": "hi"}
 
@@ -222,3 +227,127 @@ def test_integer_valued_float_temperature_and_unicode_content() -> None:
     loaded = load_chat_completion_request(raw.encode("utf-8"))
     assert loaded["messages"][0]["content"] == "café ☕"
     assert loaded["temperature"] == 1
+
+
+# --- the Anthropic Messages API ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": True}, "temperature"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}], "system": 5}, "system"),
+        ({"messages": [{"role": "user", "content": "x"}], "model": 5}, "model"),
+    ],
+)
+def test_bad_anthropic_bodies_are_invalid_requests_naming_the_field(body, param):
+    with pytest.raises(InvalidRequestError) as caught:
+        load_anthropic_messages_request(json.dumps(body).encode())
+    assert caught.value.param == param
+
+
+ANTHROPIC_USER = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "`messages` must be a non-empty list"),
+        ({"messages": None}, "`messages` must be a non-empty list"),
+        ({"messages": ["x"]}, "`messages[0]` must be an object"),
+        ({"messages": [{"content": "x"}]}, "`messages[0].role` must be a string"),
+        (
+            {"messages": [{"role": "user", "content": [{"text": "x"}]}]},
+            "`messages[0].content` must be a string or a list of blocks with a `type`",
+        ),
+        ({"messages": ANTHROPIC_USER, "system": [1]}, "`system` must be a string or a list "
+         "of text blocks"),
+        ({"messages": ANTHROPIC_USER, "stop_sequences": [1]}, "`stop_sequences` must be a list "
+         "of strings"),
+        ({"messages": ANTHROPIC_USER, "tools": {}}, "`tools` must be a list"),
+        ({"messages": ANTHROPIC_USER, "tools": [1]}, "`tools[0]` must be an object"),
+        ({"messages": ANTHROPIC_USER, "tools": [{"input_schema": {}}]}, "`tools[0].name` must "
+         "be a string"),
+        ({"messages": ANTHROPIC_USER, "top_k": 1.5}, "`top_k` must be an integer"),
+    ],
+)
+def test_anthropic_errors_keep_their_words(body, message):
+    with pytest.raises(InvalidRequestError) as caught:
+        load_anthropic_messages_request(json.dumps(body).encode())
+    assert caught.value.message == message
+
+
+def test_anthropic_unknown_fields_and_server_tools_pass_through_untouched():
+    body = {
+        "messages": ANTHROPIC_USER,
+        "metadata": {"user_id": "u"},
+        "tools": [{"type": "web_search_20250305", "name": 5}],
+        "system": "",
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+    assert load_anthropic_messages_request(json.dumps(body).encode()) == body
+
+
+# --- the Responses API ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"input": "hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": "hi", "conversation": "conv_1"}, "conversation"),
+        ({"input": 3}, "input"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"input": "hi", "max_output_tokens": "5"}, "max_output_tokens"),
+        ({"input": "hi", "background": True}, "background"),
+    ],
+)
+def test_bad_or_stateful_responses_requests_are_400_naming_the_field(body, param):
+    with pytest.raises(InvalidRequestError) as caught:
+        load_responses_request(json.dumps(body).encode())
+    assert caught.value.param == param
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"input": "hi", "background": True}, "`background` is not supported: this proxy "
+         "stores no responses."),
+        ({"input": "hi", "prompt": {"id": "p"}}, "`prompt` is not supported: this proxy stores "
+         "no responses or conversations. Send the whole conversation in `input` (as with "
+         "`store: false`)."),
+        ({"input": ["x"]}, "`input[0]` must be an object"),
+        ({"input": "hi", "instructions": 5}, "`instructions` must be a string"),
+        ({"input": "hi", "tools": [{"type": "function"}]}, "`tools[0].name` must be a string"),
+        (
+            {"input": "hi", "tools": [{"type": "namespace", "name": "crm",
+                                       "tools": [{"type": "custom", "name": ""}]}]},
+            "`tools[0].tools[0].name` must be a string",
+        ),
+        ({"input": "hi", "parallel_tool_calls": "yes"}, "`parallel_tool_calls` must be true or "
+         "false"),
+        ({"input": "hi", "top_p": "1"}, "`top_p` must be a number"),
+    ],
+)
+def test_responses_errors_keep_their_words(body, message):
+    with pytest.raises(InvalidRequestError) as caught:
+        load_responses_request(json.dumps(body).encode())
+    assert caught.value.message == message
+
+
+def test_responses_unknown_fields_and_empty_stateful_ones_pass_through_untouched():
+    body = {
+        "input": [{"type": "reasoning", "summary": []}, {"role": "user", "content": "hi"}],
+        "store": False,
+        "previous_response_id": None,
+        "background": False,
+        "tools": [{"type": "web_search"}],
+        "reasoning": {"effort": "low"},
+    }
+    assert load_responses_request(json.dumps(body).encode()) == body

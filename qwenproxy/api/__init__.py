@@ -6,10 +6,11 @@ from flask import Flask
 
 from qwenproxy.api import anthropic, chat, dashboard, health, models, responses, usage
 from qwenproxy.api.errors import register_error_handlers
+from qwenproxy.services.anthropic_format import error_body_for
 
 
 def register_api(app: Flask) -> None:
-    register_error_handlers(app)
+    register_error_handlers(app, {anthropic.bp.name: error_body_for})
     app.register_blueprint(health.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(chat.bp)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Response, current_app, g, request
 
+from qwenproxy.api.errors import ErrorBody
 from qwenproxy.errors import (
     ClientGoneError,
     InvalidRequestError,
@@ -104,7 +105,6 @@ def request_json(
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ErrorBody = Callable[[ProxyError], dict[str, Any]]
 
 
 def _openai_error_body(error: ProxyError) -> dict[str, Any]:
@@ -174,10 +174,12 @@ def translated_door(
     stream_translator: Callable[[Any], StreamTranslator],
     to_answer: Callable[[dict[str, Any], Any], dict[str, Any]],
     error_body: ErrorBody = _openai_error_body,
+    load: Callable[[bytearray], dict[str, Any]] = parse_json_object,
 ) -> Response:
-    """A front door that speaks another API: translate the body into a chat request, run
-    the pipeline, and translate its answer (or its stream) back."""
-    translated = to_chat(request_json(), services().config.anthropic_model_map)
+    """A front door that speaks another API: check the body (`load`, the door's schema),
+    translate it into a chat request, run the pipeline, and translate its answer (or its
+    stream) back."""
+    translated = to_chat(request_json(load), services().config.anthropic_model_map)
     ctx = request_context(
         requested_model=translated.model,
         translated=True,

@@ -4,6 +4,8 @@ and a request refused before (or outside) the pipeline still gets its ledger row
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 from flask import Flask, Response, current_app, g, request
@@ -21,10 +23,14 @@ from qwenproxy.services.request_context import RequestContext
 log = logging.getLogger(__name__)
 
 
-def error_response(error: ProxyError) -> Response:
-    response = Response(
-        orjson.dumps(error.to_body()), status=error.status, mimetype="application/json"
-    )
+ErrorBody = Callable[[ProxyError], dict[str, Any]]
+
+
+def error_response(error: ProxyError, body_of: ErrorBody | None = None) -> Response:
+    """`error` as JSON with its status and headers; `body_of` shapes it (OpenAI's shape,
+    `error.to_body()`, unless a door speaks another API)."""
+    body = error.to_body() if body_of is None else body_of(error)
+    response = Response(orjson.dumps(body), status=error.status, mimetype="application/json")
     for name, value in error.headers.items():
         response.headers[name] = value
     return response
@@ -81,7 +87,12 @@ def refusal_for(exc: Exception) -> ProxyError:
     return error
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, bodies: Mapping[str, ErrorBody] | None = None) -> None:
+    """The one error handler, for the whole app: every error is recorded (refusal_for)
+    and leaves shaped by `bodies[blueprint]` for a blueprint listed there (a door that
+    speaks another API), else in OpenAI's shape."""
+    shapes = dict(bodies or {})
+
     @app.errorhandler(Exception)
     def _error(exc: Exception) -> Response:
-        return error_response(refusal_for(exc))
+        return error_response(refusal_for(exc), shapes.get(request.blueprint or ""))

@@ -8,9 +8,11 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from qwenproxy.errors import ProxyError
+from qwenproxy.errors import ContextLengthExceededError, ProxyError
 from qwenproxy.services.anthropic_format import AnthropicRequest, new_tool_use_id
-from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
+from qwenproxy.services.content import content_text
+from qwenproxy.services.pipeline_frames import first_choice
+from qwenproxy.services.stream_events import reasoning_text
 from qwenproxy.services.tool_arguments import parse_tool_input
 from qwenproxy.services.usage_records import cache_counts
 
@@ -56,6 +58,9 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
 
 
 def error_body_for(error: ProxyError) -> dict[str, Any]:
+    """`error` in Anthropic's shape; a prompt too long in the words Claude Code knows."""
+    if isinstance(error, ContextLengthExceededError):
+        return error_body("invalid_request_error", error.anthropic_message())
     return error_body(error_type_for_status(error.status), error.message)
 
 
@@ -115,7 +120,7 @@ def to_message(completion: dict[str, Any], request: AnthropicRequest) -> dict[st
     reasoning = reasoning_text(message) if request.thinking else ""
     if reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message_text(message.get("content"))
+    text = content_text(message.get("content"), separator="")
     if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():

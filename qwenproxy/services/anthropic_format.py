@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.content import content_text
 from qwenproxy.services.prompt_cache import (
     count_markers,
     keep_last_markers,
@@ -46,15 +47,21 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     blocks and tool definitions) become markers on the matching content parts and tools,
     the last 4 kept (services/prompt_cache.py). Dropped (no upstream can use them):
     `metadata`, `output_config`, `context_management`, `container`, `mcp_servers`,
-    `service_tier`, thinking blocks in the history and Anthropic's server tools."""
+    `service_tier`, thinking blocks in the history and Anthropic's server tools. The body
+    has passed schemas.load_anthropic_messages_request (its shape is not checked again)."""
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequestError("`model` must be a string", param="model")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
-        raise InvalidRequestError("`messages` must be a non-empty list", param="messages")
     system = _system_parts(body.get("system"))
-    messages = _chat_messages(raw_messages, system)
+    messages: list[dict[str, Any]] = []
+    for message in body["messages"]:
+        role, content = message["role"], message.get("content")
+        if role == "user":
+            messages.extend(_user_messages(content))
+        elif role == "assistant":
+            messages.append(_assistant_message(content))
+        else:  # some clients put a system turn inside `messages`
+            text = content_text(content)
+            if text:
+                system.append({"type": "text", "text": text})
     if system:
         marked = any("cache_control" in part for part in system)
         joined = "\n\n".join(part["text"] for part in system)
@@ -63,21 +70,17 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     target = map_vendor_model(model, model_map)
     if target:
         chat["model"] = target
-    _copy_number(body, chat, "max_tokens", integer=True)
-    for name in ("temperature", "top_p"):
-        _copy_number(body, chat, name)
-    _copy_number(body, chat, "top_k", integer=True)
-    stop = _stop_sequences(body.get("stop_sequences"))
+    for name in ("max_tokens", "temperature", "top_p", "top_k"):  # numbers (the schema)
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    stop = body.get("stop_sequences")
     if stop:
         chat["stop"] = stop
     tools = _tools(body.get("tools"))
     if tools:
         chat["tools"] = tools
         _tool_choice(body.get("tool_choice"), chat)
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("`stream` must be true or false", param="stream")
-    if stream:
+    if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # for message_delta's usage
     dropped = keep_last_markers(chat)
@@ -86,43 +89,10 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Anthr
     return AnthropicRequest(
         chat,
         model or "",
-        tuple(stop),
+        tuple(stop or ()),
         _wants_thinking(body),
         cache_markers=count_markers(chat) > 0,
     )
-
-
-def _chat_messages(raw_messages: list[Any], system: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chat messages of a Messages API `messages` list; system turns found inside it
-    are added to `system`."""
-    messages: list[dict[str, Any]] = []
-    for i, message in enumerate(raw_messages):
-        param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise InvalidRequestError(f"`{param}` must be an object", param=param)
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str):
-            raise InvalidRequestError(f"`{param}.role` must be a string", param=f"{param}.role")
-        _check_content(content, f"{param}.content")
-        if role == "user":
-            messages.extend(_user_messages(content))
-        elif role == "assistant":
-            messages.append(_assistant_message(content))
-        else:  # some clients put a system turn inside `messages`
-            text = _plain_text(content)
-            if text:
-                system.append({"type": "text", "text": text})
-    return messages
-
-
-def _stop_sequences(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise InvalidRequestError(
-            "`stop_sequences` must be a list of strings", param="stop_sequences"
-        )
-    return stop
 
 
 def _wants_thinking(body: dict[str, Any]) -> bool:
@@ -133,24 +103,13 @@ def _wants_thinking(body: dict[str, Any]) -> bool:
     return kind == "enabled" or (kind == "adaptive" and thinking.get("display") != "omitted")
 
 
-def _check_content(content: Any, param: str) -> None:
-    if isinstance(content, str):
-        return
-    if not isinstance(content, list) or not all(
-        isinstance(block, dict) and isinstance(block.get("type"), str) for block in content
-    ):
-        raise InvalidRequestError(
-            f"`{param}` must be a string or a list of blocks with a `type`", param=param
-        )
-
-
 def _system_parts(system: Any) -> list[dict[str, Any]]:
     """The system prompt as text parts, one per block, each with its block's marker."""
     if system is None or system == "":
         return []
     if isinstance(system, str):
         return [{"type": "text", "text": system}]
-    if isinstance(system, list) and all(isinstance(b, dict) for b in system):
+    if isinstance(system, list):  # of objects (schemas.AnthropicSystem)
         parts = [
             _with_marker({"type": "text", "text": b["text"]}, b)
             for b in system
@@ -158,8 +117,7 @@ def _system_parts(system: Any) -> list[dict[str, Any]]:
         ]
         if any(part["text"] or "cache_control" in part for part in parts):
             return parts
-        return []
-    raise InvalidRequestError("`system` must be a string or a list of text blocks", param="system")
+    return []
 
 
 def _with_marker(part: dict[str, Any], block: Any) -> dict[str, Any]:
@@ -168,12 +126,6 @@ def _with_marker(part: dict[str, Any], block: Any) -> dict[str, Any]:
     if marker is not None:
         part["cache_control"] = marker
     return part
-
-
-def _plain_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(b["text"] for b in content if isinstance(b.get("text"), str))
 
 
 def _omitted(kind: str) -> dict[str, Any]:
@@ -200,7 +152,7 @@ def _document_part(block: dict[str, Any]) -> dict[str, Any]:
     if source.get("type") == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": prefix + source["data"]}
     if source.get("type") == "content" and isinstance(source.get("content"), list):
-        return {"type": "text", "text": prefix + _plain_text(source["content"])}
+        return {"type": "text", "text": prefix + content_text(source["content"])}
     return _omitted(f"document ({source.get('media_type') or source.get('type') or 'file'})")
 
 
@@ -316,23 +268,12 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     """Client tools as functions (`input_schema` → `parameters`; `defer_loading` is
     ignored: the tool is offered). Anthropic's server tools (`web_search_…`, `bash_…`,
     `tool_search_…`) run on Anthropic's side only and are left out."""
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise InvalidRequestError("`tools` must be a list", param="tools")
     result = []
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise InvalidRequestError(f"`tools[{i}]` must be an object", param=f"tools[{i}]")
+    for tool in tools or ():  # objects; the offered ones named (schemas.ToolList)
         if tool.get("type") not in (None, "custom"):
             log.debug("leaving out the server tool %s", tool.get("type"))
             continue
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequestError(
-                f"`tools[{i}].name` must be a string", param=f"tools[{i}].name"
-            )
-        function: dict[str, Any] = {"name": name}
+        function: dict[str, Any] = {"name": tool["name"]}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
         schema = tool.get("input_schema")
@@ -364,19 +305,6 @@ def _tool_choice(choice: Any, chat: dict[str, Any]) -> None:
         )
     if choice.get("disable_parallel_tool_use") is True:
         chat["parallel_tool_calls"] = False
-
-
-def _copy_number(
-    body: dict[str, Any], chat: dict[str, Any], name: str, integer: bool = False
-) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        what = "an integer" if integer else "a number"
-        raise InvalidRequestError(f"`{name}` must be {what}", param=name)
-    chat[name] = value
 
 
 def new_tool_use_id() -> str:

@@ -118,17 +118,3 @@ def parse_args(raw: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
         else:
             positional.append(piece)
     return args, tuple(positional)
-
-
-def text_parts(content: Any) -> list[tuple[int | None, str]]:
-    if isinstance(content, str):
-        return [(None, content)]
-    if isinstance(content, list):
-        return [
-            (i, part["text"])
-            for i, part in enumerate(content)
-            if isinstance(part, dict)
-            and part.get("type") in ("text", "input_text")
-            and isinstance(part.get("text"), str)
-        ]
-    return []

@@ -23,8 +23,8 @@ from qwenproxy.services.command_syntax import (
     Outcome,
     command_pattern,
     parse_args,
-    text_parts,
 )
+from qwenproxy.services.content import is_text_part, text_parts
 from qwenproxy.services.input_rules import name_problem
 from qwenproxy.services.router import POLICIES, FailoverRoute, Router, RouteStore
 from qwenproxy.services.sessions import LoadedSession
@@ -67,8 +67,8 @@ class CommandProcessor:
             return {**message, "content": self.pattern.sub(repl, content).strip()}
         parts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                text = self.pattern.sub(repl, part.get("text") or "").strip()
+            if is_text_part(part):
+                text = self.pattern.sub(repl, part["text"]).strip()
                 if text:
                     parts.append({**part, "text": text})
             else:

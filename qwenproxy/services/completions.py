@@ -16,7 +16,7 @@ from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitEr
 from qwenproxy.services.client_keys import allowed_plan
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
-from qwenproxy.services.guards import LoopDetector, SecretRedactor, shorten_snippet
+from qwenproxy.services.guards import LOOP_DEFAULTS, LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.local_reply import LOCAL_HEADERS, local_reply
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
@@ -51,10 +51,10 @@ class GuardSettings:
     """Guard defaults from configuration; sessions may switch each toggle."""
 
     loop_detection: bool = True
-    loop_min_pattern: int = 100
-    loop_min_repeats: int = 4
-    loop_short_pattern: int = 20
-    loop_short_repeats: int = 12
+    loop_min_pattern: int = LOOP_DEFAULTS.min_pattern
+    loop_min_repeats: int = LOOP_DEFAULTS.min_repeats
+    loop_short_pattern: int = LOOP_DEFAULTS.short_pattern
+    loop_short_repeats: int = LOOP_DEFAULTS.short_repeats
     redact_api_keys: bool = True
 
     def loop_detector(self) -> LoopDetector:

@@ -10,12 +10,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 import requests
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
+from qwenproxy.config_values import url_secrets
 from qwenproxy.errors import ProxyError
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
@@ -38,6 +38,7 @@ from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle, shared_secret
 from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.key_usage import KeyUsage
+from qwenproxy.services.known_secrets import KnownSecrets
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.limits import LimitEngine
 from qwenproxy.services.metrics import Metrics, build_metrics
@@ -95,7 +96,7 @@ class Services:
     # Records what the pipeline never saw (requests refused at the edge); the same
     # Accounting the pipeline records with.
     accounting: Accounting | None = None
-    secrets: Callable[[], Iterator[str]] = lambda: iter(())
+    secrets: KnownSecrets = field(default_factory=KnownSecrets)
     nonstream_keepalive: NonStreamKeepalive | None = None  # None: NONSTREAM_KEEPALIVE off
     facts: ModelFactsBook = field(default_factory=ModelFactsBook)
     tokens: PromptCounter = field(default_factory=PromptCounter)
@@ -108,7 +109,8 @@ class Services:
 
 
 def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[], Iterator[str]]:
-    """Every secret the proxy holds at call time (for redaction and log scrubbing)."""
+    """Every secret the proxy holds at call time (for redaction and log scrubbing): the
+    OAuth tokens are those the managers hold in memory (read no file)."""
 
     def secrets() -> Iterator[str]:
         yield from config.proxy_api_keys
@@ -124,16 +126,10 @@ def secrets_of(config: Config, managers: list[QwenTokenManager]) -> Callable[[],
         for proxy in (config.upstream_proxy, config.upstream_http_proxy):
             if not proxy:
                 continue
-            # its password, or a user name that serves as a token
-            userinfo = proxy.partition("://")[2].rpartition("@")[0]
-            secret = userinfo.partition(":")[2] or userinfo
-            for text in (secret, unquote(secret)):  # as written in the URL, and as sent
-                if len(text) >= 4:  # a shorter one would blank common words in every line
-                    yield text
+            yield from url_secrets(proxy)
         for manager in managers:
-            try:
-                creds = manager.current()
-            except ProxyError:  # no login: nothing to hide
+            creds = manager.cached()
+            if creds is None:  # not read yet: nothing of it can be in a log or a prompt
                 continue
             yield creds.access_token
             yield creds.refresh_token
@@ -162,7 +158,10 @@ def build_services(
     metrics = build_metrics(config.data_dir)
     timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
     user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
-    managers = [
+    # One matcher of the proxy's secrets, built again whenever a login's tokens change.
+    managers: list[QwenTokenManager] = []
+    secrets = KnownSecrets(secrets_of(config, managers))
+    managers.extend(
         QwenTokenManager(
             CredentialsFile(path),
             http,
@@ -171,9 +170,15 @@ def build_services(
             clock=clock,
             sleep=sleep,
             on_refresh=metrics.token_refresh,
+            on_credentials=secrets.refresh,
         )
         for path in config.qwen_oauth_creds
-    ]
+    )
+    for manager in managers:  # read each login now: its tokens are hidden from the start
+        try:
+            manager.current()
+        except ProxyError:  # no login yet: it is read (and its tokens hidden) when made
+            pass
     oauth_catalog = ModelCatalog(catalog.QWEN_OAUTH_MODELS, catalog.QWEN_OAUTH_ALIASES)
     oauth_accounts: list[Credentials] = [QwenOAuthCredentials(m, user_agent) for m in managers]
     backends: dict[str, OpenAICompatibleBackend] = {
@@ -233,7 +238,6 @@ def build_services(
             "loop_detection": config.loop_detection,
         },
     )
-    secrets = secrets_of(config, managers)
     ledger: UsageLedger | NullLedger = (
         NullLedger()
         if config.disable_accounting

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qwenproxy.config import SETTINGS, Config
+from qwenproxy.config_values import split_credentials
 from qwenproxy.errors import ProxyError
 from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
 from qwenproxy.services.container import Services, qwen_oauth_available
@@ -56,9 +57,8 @@ class DoctorReport:
 def without_password(url: str) -> str:
     """A proxy URL fit to show: its credentials (user name too: some proxies take a token
     there) replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.rpartition("@")
-    return f"{scheme}{sep}***@{hostpart}" if at else url
+    prefix, userinfo, hostpart = split_credentials(url)
+    return url if userinfo is None else f"{prefix}***@{hostpart}"
 
 
 def describe_setting(config: Config, env: str, attr: str) -> str:

@@ -6,9 +6,12 @@ Both are self-contained and cheap enough for the hot path (see bench/loop_detect
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from qwenproxy.services.content import ANY_TYPE, TEXT_PART_TYPES, is_text_part
+from qwenproxy.services.known_secrets import KnownSecrets
 
 # --- loop detection ------------------------------------------------------------------------
 
@@ -17,6 +20,20 @@ from typing import Any
 # fit in the window, so blocks longer than LOOP_WINDOW // min_repeats (4096 characters with
 # the defaults) are not detected.
 LOOP_WINDOW = 16_384
+
+
+@dataclass(frozen=True)
+class LoopThresholds:
+    """What counts as a loop (see LoopDetector). LOOP_DEFAULTS is the one place the
+    defaults are written: the LOOP_* settings and the pipeline's guards start from it."""
+
+    min_pattern: int = 100
+    min_repeats: int = 4
+    short_pattern: int = 20
+    short_repeats: int = 12
+
+
+LOOP_DEFAULTS = LoopThresholds()
 
 # Period searches are split into tiers of growing period ranges, each re-checked on its own
 # schedule: long periods need many characters before they can complete, so their (wider)
@@ -86,10 +103,10 @@ class LoopDetector:
 
     def __init__(
         self,
-        min_pattern: int = 100,
-        min_repeats: int = 4,
-        short_pattern: int = 20,
-        short_repeats: int = 12,
+        min_pattern: int = LOOP_DEFAULTS.min_pattern,
+        min_repeats: int = LOOP_DEFAULTS.min_repeats,
+        short_pattern: int = LOOP_DEFAULTS.short_pattern,
+        short_repeats: int = LOOP_DEFAULTS.short_repeats,
     ) -> None:
         if min(min_pattern, min_repeats, short_pattern, short_repeats) < 1:
             raise ValueError("loop thresholds must be positive")
@@ -244,9 +261,6 @@ SECRET_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 # The shortest text any pattern above can match (xoxb-1- and 8 more): shorter texts are
 # skipped unless a configured secret is shorter still. Keep in step with SECRET_PATTERNS.
 SHORTEST_PATTERN_MATCH = 15
-MIN_KNOWN_SECRET = 8  # configured secrets shorter than this are not searched for
-
-TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
 
 def _secret_pattern() -> re.Pattern[str]:
@@ -267,36 +281,28 @@ def _starts_inside_word(text: str, start: int) -> bool:
 
 class SecretRedactor:
     """Replaces API keys (SECRET_PATTERNS) and the proxy's own configured secrets with
-    PLACEHOLDER in the text that is about to leave for an upstream."""
+    PLACEHOLDER in the text that is about to leave for an upstream. The configured
+    secrets are `known` (services/known_secrets.py), the matcher the log filter uses too."""
 
-    def __init__(self, known_secrets: Callable[[], Iterable[str]] = lambda: ()) -> None:
-        self._known_secrets = known_secrets
+    def __init__(self, known: KnownSecrets | None = None) -> None:
+        self._known = known if known is not None else KnownSecrets()
         self._pattern = _secret_pattern()
-
-    def _secrets(self) -> tuple[str, ...]:
-        """Configured secrets worth searching for, longest first (so that a secret which
-        contains another is replaced whole)."""
-        found = {s for s in self._known_secrets() if isinstance(s, str)}
-        return tuple(
-            sorted((s for s in found if len(s) >= MIN_KNOWN_SECRET), key=len, reverse=True)
-        )
 
     def redact_text(self, text: str) -> tuple[str, int]:
         """(text with secrets replaced, number of replacements)."""
-        return self._redact(text, self._secrets())
+        return self._redact(text)
 
     def redact_messages(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
         """Redact chat messages: string content, text parts, tool-call arguments and tool
         results. Never mutates the input: returns the same list when nothing changed, else
         a new list where only the changed messages (and the dicts inside them that changed)
         are copies."""
-        secrets = self._secrets()
         result: list[dict[str, Any]] | None = None
         total = 0
         for index, message in enumerate(messages):
             if not isinstance(message, dict):
                 continue
-            changed, count = self._redact_message(message, secrets)
+            changed, count = self._redact_message(message)
             if count:
                 if result is None:
                     result = list(messages)
@@ -304,41 +310,35 @@ class SecretRedactor:
                 total += count
         return (messages if result is None else result), total
 
-    def _redact_message(
-        self, message: dict[str, Any], secrets: tuple[str, ...]
-    ) -> tuple[dict[str, Any], int]:
+    def _redact_message(self, message: dict[str, Any]) -> tuple[dict[str, Any], int]:
         total = 0
         updates: dict[str, Any] = {}
         content = message.get("content")
         if isinstance(content, str):
-            new_text, count = self._redact(content, secrets)
+            new_text, count = self._redact(content)
             if count:
                 updates["content"], total = new_text, total + count
         elif isinstance(content, list):
             any_text = message.get("role") == "tool"
-            new_parts, count = self._redact_parts(content, secrets, any_text)
+            new_parts, count = self._redact_parts(content, any_text)
             if count:
                 updates["content"], total = new_parts, total + count
         tool_calls = message.get("tool_calls")
         if isinstance(tool_calls, list):
-            new_calls, count = self._redact_tool_calls(tool_calls, secrets)
+            new_calls, count = self._redact_tool_calls(tool_calls)
             if count:
                 updates["tool_calls"], total = new_calls, total + count
         if not total:
             return message, 0
         return {**message, **updates}, total
 
-    def _redact_parts(
-        self, parts: list[Any], secrets: tuple[str, ...], any_text: bool
-    ) -> tuple[list[Any], int]:
+    def _redact_parts(self, parts: list[Any], any_text: bool) -> tuple[list[Any], int]:
         result: list[Any] | None = None
         total = 0
         for index, part in enumerate(parts):
-            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+            if not is_text_part(part, ANY_TYPE if any_text else TEXT_PART_TYPES):
                 continue
-            if not any_text and part.get("type") not in TEXT_PART_TYPES:
-                continue
-            new_text, count = self._redact(part["text"], secrets)
+            new_text, count = self._redact(part["text"])
             if count:
                 if result is None:
                     result = list(parts)
@@ -346,16 +346,14 @@ class SecretRedactor:
                 total += count
         return (parts if result is None else result), total
 
-    def _redact_tool_calls(
-        self, calls: list[Any], secrets: tuple[str, ...]
-    ) -> tuple[list[Any], int]:
+    def _redact_tool_calls(self, calls: list[Any]) -> tuple[list[Any], int]:
         result: list[Any] | None = None
         total = 0
         for index, call in enumerate(calls):
             function = call.get("function") if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
                 continue
-            new_arguments, count = self._redact(function["arguments"], secrets)
+            new_arguments, count = self._redact(function["arguments"])
             if count:
                 if result is None:
                     result = list(calls)
@@ -363,17 +361,11 @@ class SecretRedactor:
                 total += count
         return (calls if result is None else result), total
 
-    def _redact(self, text: str, secrets: tuple[str, ...]) -> tuple[str, int]:
-        shortest = SHORTEST_PATTERN_MATCH  # secrets come longest first: the last is shortest
-        if secrets:
-            shortest = min(shortest, len(secrets[-1]))
+    def _redact(self, text: str) -> tuple[str, int]:
+        shortest = min(SHORTEST_PATTERN_MATCH, self._known.shortest or SHORTEST_PATTERN_MATCH)
         if len(text) < shortest:
             return text, 0
-        total = 0
-        for secret in secrets:
-            if secret in text:
-                total += text.count(secret)
-                text = text.replace(secret, PLACEHOLDER)
+        text, total = self._known.replace(text, PLACEHOLDER)
         if self._pattern.search(text) is None:
             return text, total
         replaced = 0

@@ -46,15 +46,6 @@ def first_choice(completion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return choice, message
 
 
-def message_text(content: Any) -> str:
-    """The text of a message's content: a string, or its `text` parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
 
 
 class ChunkTranslator:

@@ -132,6 +132,7 @@ class QwenTokenManager:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         on_refresh: Callable[[bool], None] | None = None,
+        on_credentials: Callable[[], None] | None = None,
     ) -> None:
         self.file = creds_file
         self._http = http
@@ -141,6 +142,7 @@ class QwenTokenManager:
         self._clock = clock
         self._sleep = sleep
         self._on_refresh = on_refresh
+        self._on_credentials = on_credentials  # told when the tokens held change
         self._lock = threading.Lock()
         self._creds: QwenCredentials | None = None
         self._mtime_ns: int | None = None
@@ -166,9 +168,18 @@ class QwenTokenManager:
     def _reload(self) -> QwenCredentials:
         mtime = self.file.mtime_ns()
         creds = self.file.read()
-        self._creds, self._mtime_ns = creds, mtime
-        self._checked_at = self._clock()
+        self._hold(creds)
+        self._mtime_ns, self._checked_at = mtime, self._clock()
         return creds
+
+    def _hold(self, creds: QwenCredentials) -> None:
+        old, self._creds = self._creds, creds
+        changed = old is None or (old.access_token, old.refresh_token) != (
+            creds.access_token,
+            creds.refresh_token,
+        )
+        if changed and self._on_credentials is not None:
+            self._on_credentials()
 
     def _access(self, creds: QwenCredentials) -> QwenAccess:
         return QwenAccess(
@@ -227,9 +238,11 @@ class QwenTokenManager:
                         self.file.path,
                         exc.strerror or type(exc).__name__,
                     )
-                    self._creds, self._checked_at = fresh, float("inf")
+                    self._hold(fresh)
+                    self._checked_at = float("inf")
                 else:
-                    self._creds, self._mtime_ns = fresh, self.file.mtime_ns()
+                    self._hold(fresh)
+                    self._mtime_ns = self.file.mtime_ns()
                 if self._on_refresh:
                     self._on_refresh(True)
                 log.info("refreshed the Qwen OAuth token for %s", self.file.path)

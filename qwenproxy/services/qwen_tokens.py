@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from qwenproxy.services.background import run_off_hub, start_in_background
+from qwenproxy.services.content import ANY_TYPE, is_text_part
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _content_text(content: Any) -> tuple[str, int]:
         if not isinstance(part, dict):
             continue
         kind = part.get("type")
-        if isinstance(part.get("text"), str):
+        if is_text_part(part, ANY_TYPE):
             texts.append(part["text"])
         elif kind in ("image_url", "input_image", "image"):
             images += 1

@@ -7,8 +7,10 @@ import secrets
 import time
 from typing import Any
 
-from qwenproxy.services.pipeline_frames import first_choice, message_text, reasoning_text
+from qwenproxy.services.content import content_text
+from qwenproxy.services.pipeline_frames import first_choice
 from qwenproxy.services.responses_format import ResponsesRequest
+from qwenproxy.services.stream_events import reasoning_text
 from qwenproxy.services.tool_arguments import ArgumentStream, parse_tool_input
 
 
@@ -159,7 +161,7 @@ def to_response(completion: dict[str, Any], request: ResponsesRequest) -> dict[s
     reasoning = reasoning_text(message)
     if reasoning:
         output.append(reasoning_item(new_id("rs"), reasoning, "completed"))
-    text = message_text(message.get("content"))
+    text = content_text(message.get("content"), separator="")
     if text:
         output.append(message_item(new_id("msg"), text, item_status))
     for call in message.get("tool_calls") or ():

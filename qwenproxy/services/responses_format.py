@@ -13,14 +13,18 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import InvalidRequestError
+from qwenproxy.services.content import SYSTEM_ROLES, content_text
 from qwenproxy.services.vendor_models import map_vendor_model
 
 log = logging.getLogger(__name__)
 
-SYSTEM_ROLES = ("system", "developer")
 MAX_TOOL_NAME = 64  # OpenAI's limit on function names, which upstreams enforce too
-# Request fields that need stored state, which a stateless proxy does not have.
-STATEFUL_FIELDS = ("previous_response_id", "conversation", "prompt")
+RENAMED = (  # Responses field -> chat-completions field
+    ("max_output_tokens", "max_tokens"),
+    ("temperature", "temperature"),
+    ("top_p", "top_p"),
+    ("parallel_tool_calls", "parallel_tool_calls"),
+)
 
 
 def flat_tool_name(namespace: str, name: str) -> str:
@@ -51,28 +55,13 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Respo
     """Translate a Responses body. Dropped: tools other than function, namespace and custom
     (`web_search`, `file_search`, `mcp`, ...), `reasoning`, `include`, `store`,
     `prompt_cache_key`, `client_metadata`, `metadata` (repeated in the answer only),
-    `truncation`, `service_tier`, `text.verbosity`, reasoning input items."""
-    for name in STATEFUL_FIELDS:
-        if body.get(name):
-            raise InvalidRequestError(
-                f"`{name}` is not supported: this proxy stores no responses or "
-                "conversations. Send the whole conversation in `input` (as with "
-                "`store: false`).",
-                param=name,
-            )
-    if body.get("background"):
-        raise InvalidRequestError(
-            "`background` is not supported: this proxy stores no responses.", param="background"
-        )
+    `truncation`, `service_tier`, `text.verbosity`, reasoning input items. The body has
+    passed schemas.load_responses_request (its shape is not checked again)."""
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequestError("`model` must be a string", param="model")
     tools, tool_names = _tools(body.get("tools"))
     request = ResponsesRequest({}, model or "", tool_names=tool_names)
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
-    if instructions is not None and not isinstance(instructions, str):
-        raise InvalidRequestError("`instructions` must be a string", param="instructions")
     if instructions:
         messages.append({"role": "system", "content": instructions})
     messages.extend(_input_messages(body.get("input"), request))
@@ -87,19 +76,15 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Respo
         choice = _tool_choice(body.get("tool_choice"))
         if choice is not None:
             chat["tool_choice"] = choice
-    _copy(body, chat, "max_output_tokens", "max_tokens", int)
-    _copy(body, chat, "temperature", "temperature", float)
-    _copy(body, chat, "top_p", "top_p", float)
-    _copy(body, chat, "parallel_tool_calls", "parallel_tool_calls", bool)
+    for name, target in RENAMED:  # numbers and booleans (the schema)
+        if body.get(name) is not None:
+            chat[target] = body[name]
     if isinstance(body.get("user"), str):
         chat["user"] = body["user"]
     response_format = _response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequestError("`stream` must be true or false", param="stream")
-    if stream:
+    if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # for response.completed's usage
     request.chat = chat
@@ -119,34 +104,14 @@ def to_chat_request(body: dict[str, Any], model_map: Mapping[str, str]) -> Respo
     return request
 
 
-def _copy(body: dict[str, Any], chat: dict[str, Any], name: str, target: str, kind: type) -> None:
-    value = body.get(name)
-    if value is None:
-        return
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-        raise InvalidRequestError(f"`{name}` must be {what}", param=name)
-    chat[target] = value
-
-
 # --- input items ----------------------------------------------------------------------
 
 
 def _input_messages(value: Any, request: ResponsesRequest) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list):
-        raise InvalidRequestError("`input` must be a string or a list of items", param="input")
     builder = _MessageBuilder(request)
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise InvalidRequestError(f"`input[{i}]` must be an object", param=f"input[{i}]")
+    for i, item in enumerate(value or ()):  # objects (schemas.ResponsesInput)
         builder.add(item, f"input[{i}]")
     return builder.finish()
 
@@ -184,15 +149,10 @@ class _MessageBuilder:
         return self.messages
 
     def _message(self, item: dict[str, Any], param: str) -> None:
-        role = item.get("role")
-        if role not in ("user", "assistant", *SYSTEM_ROLES):
-            raise InvalidRequestError(
-                f"`{param}.role` must be user, assistant, system or developer",
-                param=f"{param}.role",
-            )
+        role = item["role"]  # one of schemas.INPUT_ROLES
         parts = _content_parts(item.get("content"), f"{param}.content")
         if role in SYSTEM_ROLES or role == "assistant":
-            text = "".join(p["text"] for p in parts if p["type"] == "text")
+            text = content_text(parts, separator="")
             self.messages.append(
                 {"role": "system" if role != "assistant" else role, "content": text}
             )
@@ -294,27 +254,17 @@ def _tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[str | None
     """Function tools as they are; the function and custom tools inside a namespace under
     one flat name each; custom (free-form) tools as a function with one string `input`.
     Hosted tools (`web_search`, `file_search`, `mcp`, ...) run on OpenAI's side only."""
-    if tools is None:
-        return [], {}
-    if not isinstance(tools, list):
-        raise InvalidRequestError("`tools` must be a list", param="tools")
     result: list[dict[str, Any]] = []
     names: dict[str, tuple[str | None, str, str]] = {}
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise InvalidRequestError(f"`tools[{i}]` must be an object", param=f"tools[{i}]")
+    for tool in tools or ():  # objects; the offered ones named (schemas.ToolList)
         kind = tool.get("type")
         if kind in ("function", "custom"):
-            result.append(_function_tool(tool, f"tools[{i}]", None, names))
+            result.append(_function_tool(tool, None, names))
         elif kind == "namespace":
-            namespace = tool.get("name")
-            if not isinstance(namespace, str) or not namespace:
-                raise InvalidRequestError(
-                    f"`tools[{i}].name` must be a string", param=f"tools[{i}].name"
-                )
-            for j, inner in enumerate(tool.get("tools") or ()):
+            inner_tools = tool.get("tools")
+            for inner in inner_tools if isinstance(inner_tools, list) else ():
                 if isinstance(inner, dict) and inner.get("type") in ("function", "custom"):
-                    result.append(_function_tool(inner, f"tools[{i}].tools[{j}]", tool, names))
+                    result.append(_function_tool(inner, tool, names))
         else:
             log.debug("leaving out the hosted tool %s", kind)
     return result, names
@@ -322,13 +272,10 @@ def _tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, tuple[str | None
 
 def _function_tool(
     tool: dict[str, Any],
-    param: str,
     namespace: dict[str, Any] | None,
     names: dict[str, tuple[str | None, str, str]],
 ) -> dict[str, Any]:
-    name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequestError(f"`{param}.name` must be a string", param=f"{param}.name")
+    name = tool["name"]
     kind = tool["type"]
     description = tool.get("description") if isinstance(tool.get("description"), str) else ""
     upstream_name = name

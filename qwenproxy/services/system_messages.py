@@ -7,21 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenproxy.services.content import SYSTEM_ROLES, content_text, is_text_part
 from qwenproxy.services.prompt_cache import has_markers
-
-SYSTEM_ROLES = ("system", "developer")
-
-
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-        )
-    return ""
 
 
 def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,7 +35,7 @@ def merge_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     if any(has_markers(m.get("content")) for m in systems):
         merged["content"] = [part for m in systems for part in _system_parts(m.get("content"))]
     else:
-        texts = [_text_of(m.get("content")) for m in systems]
+        texts = [content_text(m.get("content")) for m in systems]
         merged["content"] = "\n\n".join(t for t in texts if t)
     return [merged, *(m for m in messages if m.get("role") not in SYSTEM_ROLES)]
 
@@ -59,8 +46,8 @@ def _system_parts(content: Any) -> list[dict[str, Any]]:
         return [{"type": "text", "text": content}] if content else []
     parts = []
     for part in content if isinstance(content, list) else ():
-        if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-            text = {"type": "text", "text": str(part.get("text") or "")}
+        if is_text_part(part):
+            text = {"type": "text", "text": part["text"]}
             if "cache_control" in part:
                 text["cache_control"] = part["cache_control"]
             parts.append(text)

@@ -117,6 +117,19 @@ def test_several_system_messages_are_merged_into_one_leading_string(client, fake
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
 
 
+def test_system_parts_without_a_string_text_are_skipped_when_merged(client, fake):
+    # A part whose `text` is null used to end the request with a 500 (it was joined).
+    parts = [{"type": "text", "text": None}, {"type": "text", "text": "A"}]
+    messages = [
+        {"role": "system", "content": parts},
+        {"role": "developer", "content": [{"type": "input_text", "text": "B"}]},
+        {"role": "user", "content": "hi"},
+    ]
+    response = post(client, {"model": "qwen3-coder-plus", "messages": messages})
+    assert response.status_code == 200
+    assert fake.chat_requests[-1]["body"]["messages"][0] == {"role": "system", "content": "A\n\nB"}
+
+
 MARKER = {"type": "ephemeral"}
 
 

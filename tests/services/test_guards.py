@@ -26,6 +26,7 @@ from qwenproxy.services.guards import (
     SecretRedactor,
     shorten_snippet,
 )
+from qwenproxy.services.known_secrets import KnownSecrets
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -408,7 +409,7 @@ CONFIGURED = ["proxy-client-key-one", "backend-secret-Zq81", "oauth.access.token
 
 @pytest.fixture
 def redactor() -> SecretRedactor:
-    return SecretRedactor(lambda: CONFIGURED)
+    return SecretRedactor(KnownSecrets(lambda: CONFIGURED))
 
 
 def test_every_pattern_has_samples_here() -> None:
@@ -515,22 +516,24 @@ def test_configured_secrets_are_redacted_and_counted(redactor: SecretRedactor) -
     assert redacted == f"a {PLACEHOLDER} b {PLACEHOLDER} c {PLACEHOLDER} d {PLACEHOLDER}."
 
 
-def test_configured_secrets_are_read_at_call_time() -> None:
+def test_configured_secrets_are_read_again_when_the_matcher_is_refreshed() -> None:
     secrets: list[str] = []
-    redactor = SecretRedactor(lambda: secrets)
+    known = KnownSecrets(lambda: secrets)
+    redactor = SecretRedactor(known)
     assert redactor.redact_text("token new-secret-123 here") == ("token new-secret-123 here", 0)
     secrets.append("new-secret-123")
+    known.refresh()
     assert redactor.redact_text("token new-secret-123 here") == (f"token {PLACEHOLDER} here", 1)
 
 
 def test_configured_secrets_shorter_than_eight_characters_are_ignored() -> None:
-    redactor = SecretRedactor(lambda: ["abc", "1234567", "", "test"])
+    redactor = SecretRedactor(KnownSecrets(lambda: ["abc", "1234567", "", "test"]))
     text = "abc 1234567 test: a tiny string is everywhere"
     assert redactor.redact_text(text) == (text, 0)
 
 
 def test_a_secret_containing_another_is_replaced_whole() -> None:
-    redactor = SecretRedactor(lambda: ["key-12345", "key-12345-extended"])
+    redactor = SecretRedactor(KnownSecrets(lambda: ["key-12345", "key-12345-extended"]))
     assert redactor.redact_text("use key-12345-extended") == (f"use {PLACEHOLDER}", 1)
 
 
