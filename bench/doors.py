@@ -135,7 +135,7 @@ def in_process(chunks: int) -> dict[str, float]:
 
     from qwenproxy.services.anthropic_format import AnthropicRequest
     from qwenproxy.services.anthropic_stream import AnthropicStream
-    from qwenproxy.services.guards import LoopDetector
+    from qwenproxy.services.loops import LoopDetector
     from qwenproxy.services.pipeline_frames import translate_events
     from qwenproxy.services.request_context import RequestContext
     from qwenproxy.services.responses_format import to_chat_request

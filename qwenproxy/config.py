@@ -17,6 +17,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 from qwenproxy.config_values import (
+    LOOP_DEFAULTS,
     ConfigError,
     parse_aliases,
     parse_backend,
@@ -44,7 +45,6 @@ from qwenproxy.config_values import (
     parse_text,
     parse_url,
 )
-from qwenproxy.services.guards import LOOP_DEFAULTS
 
 log = logging.getLogger(__name__)
 

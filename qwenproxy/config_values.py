@@ -500,3 +500,17 @@ def parse_prices(name: str, raw: str) -> dict[str, dict[str, dict[str, Any] | No
             prices[str(model)] = {"currency": currency.strip().upper(), "tiers": tiers}
         result[str(backend).strip().lower()] = prices
     return result
+
+
+@dataclass(frozen=True)
+class LoopThresholds:
+    """What counts as a loop (see LoopDetector). LOOP_DEFAULTS is the one place the
+    defaults are written: the LOOP_* settings and the pipeline's guards start from it."""
+
+    min_pattern: int = 100
+    min_repeats: int = 4
+    short_pattern: int = 20
+    short_repeats: int = 12
+
+
+LOOP_DEFAULTS = LoopThresholds()

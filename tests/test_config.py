@@ -592,7 +592,7 @@ def test_bad_quota_windows_are_refused_naming_the_variable(raw, words):
 
 
 def test_loop_settings_default_to_the_detectors_one_set_of_defaults() -> None:
-    from qwenproxy.services.guards import LOOP_DEFAULTS
+    from qwenproxy.config_values import LOOP_DEFAULTS
 
     config = Config.from_env(environ={}, dotenv_path=None)
     assert (

@@ -12,16 +12,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenproxy.config_values import LOOP_DEFAULTS
 from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
 from qwenproxy.services.client_keys import allowed_plan
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
-from qwenproxy.services.guards import LOOP_DEFAULTS, LoopDetector, SecretRedactor, shorten_snippet
 from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.local_reply import LOCAL_HEADERS, local_reply
+from qwenproxy.services.loops import LoopDetector, shorten_snippet
 from qwenproxy.services.model_facts import ModelFacts, ModelFactsBook
 from qwenproxy.services.prompt_cache import without_markers
 from qwenproxy.services.quota import REMAINING_HEADER
+from qwenproxy.services.redaction import SecretRedactor
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.router import Plan, Router, Target
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore

@@ -36,7 +36,6 @@ from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle, shared_secret
-from qwenproxy.services.guards import SecretRedactor
 from qwenproxy.services.key_usage import KeyUsage
 from qwenproxy.services.known_secrets import KnownSecrets
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
@@ -50,6 +49,7 @@ from qwenproxy.services.prompt_cache import markers_enabled
 from qwenproxy.services.quota import QuotaGate
 from qwenproxy.services.qwen_auth import CredentialsFile, QwenTokenManager
 from qwenproxy.services.qwen_tokens import PromptCounter
+from qwenproxy.services.redaction import SecretRedactor
 from qwenproxy.services.router import Router, RouteStore
 from qwenproxy.services.sessions import SessionStore
 from qwenproxy.services.slow_answer import NonStreamKeepalive

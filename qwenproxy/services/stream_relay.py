@@ -16,7 +16,7 @@ import orjson
 
 from qwenproxy.errors import ProxyError, UpstreamError
 from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
-from qwenproxy.services.guards import LoopDetector, shorten_snippet
+from qwenproxy.services.loops import LoopDetector, shorten_snippet
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.stream_events import (
     DONE,

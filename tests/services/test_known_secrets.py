@@ -18,9 +18,9 @@ import responses
 from qwenproxy.config import Config
 from qwenproxy.logs import SecretFilter
 from qwenproxy.services.container import build_services
-from qwenproxy.services.guards import PLACEHOLDER
 from qwenproxy.services.known_secrets import MIN_KNOWN_SECRET, KnownSecrets
 from qwenproxy.services.qwen_creds import CredentialsFile
+from qwenproxy.services.redaction import PLACEHOLDER
 
 OAUTH_URL = "https://chat.qwen.ai"
 TOKEN_URL = OAUTH_URL + "/api/v1/oauth2/token"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 
 from qwenproxy.errors import ProxyError
-from qwenproxy.services.guards import LoopDetector
+from qwenproxy.services.loops import LoopDetector
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.stream_events import (
     ChatChunk,
