@@ -10,7 +10,6 @@ bounded, so a flood of wrong keys cannot put one query per request on the databa
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 import hmac
@@ -20,11 +19,9 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
-from qwenproxy.errors import ModelNotAllowedError
 from qwenproxy.services.access import key_id as key_id_of
 from qwenproxy.services.background import BackgroundLoop
 from qwenproxy.services.store import Database, describe_db_error, metadata
@@ -90,29 +87,6 @@ class ClientKey:
         return any(
             name and fnmatch.fnmatchcase(name, glob) for name in names for glob in self.models
         )
-
-
-def allowed_plan(plan: Any, key: ClientKey) -> Any:
-    """`plan` (a router Plan) with only the targets `key` may use: the model each target
-    will send, after commands, aliases and routes resolved it. A route keeps its allowed
-    elements; with none left the request is refused before any upstream call (403)."""
-    if not key.models:
-        return plan
-    allowed = tuple(
-        t
-        for t in plan.targets
-        if key.allows_model(t.model, t.upstream_model, f"{t.backend.name}:{t.model}")
-    )
-    if len(allowed) == len(plan.targets):
-        return plan
-    if not allowed:
-        names = ", ".join(dict.fromkeys(t.upstream_model for t in plan.targets))
-        raise ModelNotAllowedError(
-            f"The client key {key.name!r} may not use the model {names[:200]}; it may use "
-            f"models matching {', '.join(key.models)[:200]}.",
-            param="model",
-        )
-    return dataclasses.replace(plan, targets=allowed)
 
 
 def hash_key(key: str) -> str:

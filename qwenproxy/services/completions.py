@@ -14,7 +14,6 @@ from typing import Any
 
 from qwenproxy.config_values import LOOP_DEFAULTS
 from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
-from qwenproxy.services.client_keys import allowed_plan
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
 from qwenproxy.services.input_rules import header_text
@@ -25,7 +24,7 @@ from qwenproxy.services.prompt_cache import without_markers
 from qwenproxy.services.quota import REMAINING_HEADER
 from qwenproxy.services.redaction import SecretRedactor
 from qwenproxy.services.request_context import RequestContext
-from qwenproxy.services.router import Plan, Router, Target
+from qwenproxy.services.router import Plan, Router, Target, allowed_plan
 from qwenproxy.services.sessions import LoadedSession, SessionState, SessionStore
 from qwenproxy.services.stream_relay import StreamRelaySettings, relay_stream
 from qwenproxy.services.system_messages import merge_system_messages

@@ -5,6 +5,7 @@ a backend, else 404 (write `backend:vendor:model` for ids that contain `:`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from qwenproxy.errors import InvalidRequestError, ModelNotFoundError
+from qwenproxy.errors import InvalidRequestError, ModelNotAllowedError, ModelNotFoundError
 from qwenproxy.services.backends import Backend
 from qwenproxy.services.store import Database, database_errors, routes_table
 
@@ -65,6 +66,30 @@ class Plan:
             for t, order in orders
             if position < len(order)
         ]
+
+
+def allowed_plan(plan: Plan, key: Any) -> Plan:
+    """`plan` with only the targets a named client key (services/client_keys.ClientKey)
+    may use: the model each target
+    will send, after commands, aliases and routes resolved it. A route keeps its allowed
+    elements; with none left the request is refused before any upstream call (403)."""
+    if not key.models:
+        return plan
+    allowed = tuple(
+        t
+        for t in plan.targets
+        if key.allows_model(t.model, t.upstream_model, f"{t.backend.name}:{t.model}")
+    )
+    if len(allowed) == len(plan.targets):
+        return plan
+    if not allowed:
+        names = ", ".join(dict.fromkeys(t.upstream_model for t in plan.targets))
+        raise ModelNotAllowedError(
+            f"The client key {key.name!r} may not use the model {names[:200]}; it may use "
+            f"models matching {', '.join(key.models)[:200]}.",
+            param="model",
+        )
+    return dataclasses.replace(plan, targets=allowed)
 
 
 @dataclass(frozen=True)
