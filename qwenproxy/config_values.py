@@ -3,6 +3,7 @@ URLs, key lists, JSON tables), each raising `ConfigError` that names the variabl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 from collections.abc import Callable
@@ -514,3 +515,9 @@ class LoopThresholds:
 
 
 LOOP_DEFAULTS = LoopThresholds()
+
+
+def key_id(secret: str) -> str:
+    """The stable, non-secret id of a key (a client key, an upstream key, a login's file):
+    12 hex digits of its SHA-256. The ledger, logs and reports name keys by it."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:12]

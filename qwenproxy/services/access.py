@@ -8,7 +8,6 @@ a short, stable client id derived from the key (a hash, never the key itself).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import logging
@@ -16,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qwenproxy.config_values import key_id
 from qwenproxy.errors import AuthenticationError, PermissionDeniedError
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,6 @@ _ROUTER_NETWORKS = tuple(
 )
 
 
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _is_loopback(address: str | None) -> bool:

@@ -18,6 +18,7 @@ import requests
 from urllib3.exceptions import ReadTimeoutError  # how requests' own adapter reports one
 
 from qwenproxy import __version__
+from qwenproxy.config_values import key_id as key_id_of
 from qwenproxy.errors import (
     OAuthAccessEndedError,
     ProxyError,
@@ -29,7 +30,6 @@ from qwenproxy.errors import (
 from qwenproxy.services.http1 import WAIT_CHECK_SECONDS, AnswerTooLarge
 from qwenproxy.services.length_refusals import context_refusal
 from qwenproxy.services.models import ModelCatalog, key_backends_hint
-from qwenproxy.services.quota import key_id_of
 from qwenproxy.services.quota_answers import EXHAUSTED, RATE_LIMITED, classify
 from qwenproxy.services.qwen_auth import QwenTokenManager
 from qwenproxy.services.transport import ClosedWithoutAnswer, LeanAdapter

@@ -7,7 +7,6 @@ attempt); only requests that reached an upstream count toward a key's windows.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,9 +28,6 @@ BUDGETS = (
 )
 
 
-def key_id_of(secret: str) -> str:
-    """A stable, non-secret id of an upstream key: 12 hex digits of its SHA-256."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
 def iso(ts: float | None) -> str | None:

@@ -11,12 +11,13 @@ import pytest
 
 from qwenproxy import cli, create_app
 from qwenproxy.config import Config
+from qwenproxy.config_values import key_id as key_id_of
 from qwenproxy.config_values import parse_prices
 from qwenproxy.errors import BudgetExceededError
 from qwenproxy.services.client_keys import ClientKey
 from qwenproxy.services.completions import RequestContext
 from qwenproxy.services.container import build_services
-from qwenproxy.services.quota import REMAINING_HEADER, key_id_of
+from qwenproxy.services.quota import REMAINING_HEADER
 from qwenproxy.services.quota_answers import EXHAUSTED, RATE_LIMITED, classify
 from qwenproxy.services.usage_records import UsageRecord
 from tests.fake_upstream import reply_error
