@@ -1,7 +1,7 @@
 """Logging set-up: one stderr handler, and a filter that scrubs secrets from every record
 (message, arguments and traceback) on every handler we know of, gunicorn's included. The
 proxy's own secrets come from the matcher the prompt redactor uses
-(services/known_secrets.py): a log call reads no file and asks no token manager.
+(config/secrets.py): a log call reads no file and asks no token manager.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 
-from qwenproxy.services.known_secrets import KnownSecrets
+from qwenproxy.config.secrets import KnownSecrets
 
 REDACTED = "[REDACTED]"
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")

@@ -26,7 +26,7 @@ def add_quota_command(subparsers: Any) -> None:
 
 def configured_key_ids(config: Config) -> dict[str, list[str]]:
     """The key ids of every backend with credentials, as the running proxy names them."""
-    from qwenproxy.config_values import key_id as key_id_of
+    from qwenproxy.config.secrets import key_id as key_id_of
     from qwenproxy.services.backend_specs import key_backend_specs
 
     ids = {spec.name: [key_id_of(key) for key in spec.keys] for spec in key_backend_specs(config)}

@@ -313,7 +313,7 @@ def test_an_inherited_proxy_variable_qwenproxy_cannot_use_is_ignored_not_fatal(c
 
 
 def test_a_password_with_url_characters_stays_a_password() -> None:
-    from qwenproxy.config_values import split_proxy_url
+    from qwenproxy.config.secrets import split_proxy_url
 
     address = split_proxy_url("http://alice:2024#Spring/?x@proxy.corp:3128")
     assert (address.host, address.port) == ("proxy.corp", 3128)
@@ -323,7 +323,7 @@ def test_a_password_with_url_characters_stays_a_password() -> None:
 
 
 def test_a_urls_credentials_are_read_in_one_place() -> None:
-    from qwenproxy.config_values import split_credentials, url_secrets
+    from qwenproxy.config.secrets import split_credentials, url_secrets
 
     assert split_credentials("http://a:b%40c@h:1") == ("http://", "a:b%40c", "h:1")
     assert split_credentials("a:b@h") == ("", "a:b", "h")
@@ -592,7 +592,7 @@ def test_bad_quota_windows_are_refused_naming_the_variable(raw, words):
 
 
 def test_loop_settings_default_to_the_detectors_one_set_of_defaults() -> None:
-    from qwenproxy.config_values import LOOP_DEFAULTS
+    from qwenproxy.config.values import LOOP_DEFAULTS
 
     config = Config.from_env(environ={}, dotenv_path=None)
     assert (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
+from qwenproxy.config.secrets import KnownSecrets
 from qwenproxy.logs import SecretFilter, configure_logging
-from qwenproxy.services.known_secrets import KnownSecrets
 
 
 def capture(secret_filter: SecretFilter) -> tuple[logging.Logger, io.StringIO]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qwenproxy.config_values import key_id
+from qwenproxy.config.secrets import key_id
 from qwenproxy.errors import AuthenticationError, PermissionDeniedError
 
 log = logging.getLogger(__name__)

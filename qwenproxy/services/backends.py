@@ -18,7 +18,7 @@ import requests
 from urllib3.exceptions import ReadTimeoutError  # how requests' own adapter reports one
 
 from qwenproxy import __version__
-from qwenproxy.config_values import key_id as key_id_of
+from qwenproxy.config.secrets import key_id as key_id_of
 from qwenproxy.errors import (
     OAuthAccessEndedError,
     ProxyError,

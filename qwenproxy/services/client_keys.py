@@ -1,6 +1,6 @@
 """Named client keys (`python -m qwenproxy keys ...`): one row per key in `qp_client_keys`
 of the shared database, holding the key's SHA-256 (never the key: keys are 192-bit random,
-so a plain hash cannot be searched), its id in the ledger (`config_values.key_id`) and its budgets
+so a plain hash cannot be searched), its id in the ledger (`config.values.key_id`) and its budgets
 and model globs. Every instance keeps the live keys in memory, reloaded from the database
 every CLIENT_KEYS_REFRESH seconds in the background, so a revocation holds on every
 instance within that interval; a key the cache does not know (added a moment ago on
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from qwenproxy.config_values import key_id as key_id_of
+from qwenproxy.config.secrets import key_id as key_id_of
 from qwenproxy.services.background import BackgroundLoop
 from qwenproxy.services.store import Database, describe_db_error, metadata
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from qwenproxy.config_values import LOOP_DEFAULTS
+from qwenproxy.config.values import LOOP_DEFAULTS
 from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize

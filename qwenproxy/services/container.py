@@ -15,7 +15,7 @@ import requests
 
 from qwenproxy import __version__
 from qwenproxy.config import Config
-from qwenproxy.config_values import url_secrets
+from qwenproxy.config.secrets import KnownSecrets, url_secrets
 from qwenproxy.errors import ProxyError
 from qwenproxy.services import models as catalog
 from qwenproxy.services.access import ClientAccess
@@ -37,7 +37,6 @@ from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
 from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle, shared_secret
 from qwenproxy.services.key_usage import KeyUsage
-from qwenproxy.services.known_secrets import KnownSecrets
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep
 from qwenproxy.services.limits import LimitEngine
 from qwenproxy.services.metrics import Metrics, build_metrics

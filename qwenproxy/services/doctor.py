@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qwenproxy.config import SETTINGS, Config
-from qwenproxy.config_values import split_credentials
+from qwenproxy.config.secrets import split_credentials
 from qwenproxy.errors import ProxyError
 from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
 from qwenproxy.services.container import Services, qwen_oauth_available

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from qwenproxy.config_values import LOOP_DEFAULTS
+from qwenproxy.config.values import LOOP_DEFAULTS
 
 # The detector looks back over the last LOOP_WINDOW characters of the stream (it holds at
 # most twice that, compacting now and then). A block is found only if all its repetitions

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from qwenproxy.config_values import duration_seconds
+from qwenproxy.config.values import duration_seconds
 from qwenproxy.errors import BudgetExceededError, QuotaExhaustedError
 from qwenproxy.services.limits import LEASE_TTL_S, LimitEngine, Scope
 

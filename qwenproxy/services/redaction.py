@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from qwenproxy.config.secrets import KnownSecrets
 from qwenproxy.services.content import ANY_TYPE, TEXT_PART_TYPES, is_text_part
-from qwenproxy.services.known_secrets import KnownSecrets
 
 PLACEHOLDER = "(API_KEY_HAS_BEEN_REDACTED)"
 
@@ -73,7 +73,7 @@ def _starts_inside_word(text: str, start: int) -> bool:
 class SecretRedactor:
     """Replaces API keys (SECRET_PATTERNS) and the proxy's own configured secrets with
     PLACEHOLDER in the text that is about to leave for an upstream. The configured
-    secrets are `known` (services/known_secrets.py), the matcher the log filter uses too."""
+    secrets are `known` (config/secrets.py), the matcher the log filter uses too."""
 
     def __init__(self, known: KnownSecrets | None = None) -> None:
         self._known = known if known is not None else KnownSecrets()

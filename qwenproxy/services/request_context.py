@@ -37,7 +37,7 @@ class Outcome:
     command_only: bool = False  # CompletionService._handle: answered by commands
     redactions: int = 0  # CompletionService._handle: secrets redacted from the prompt
     max_tokens_lowered: int | None = None  # _attempt: what the context guard lowered it to
-    # _attempt: the upstream key id (config_values.key_id) of the last attempt sent.
+    # _attempt: the upstream key id (config.values.key_id) of the last attempt sent.
     upstream_key_id: str | None = None
     # CompletionService.handle: the token and cost budgets this request holds a place in
     # until it ends (services/quota.py); given back by CompletionService._finish.

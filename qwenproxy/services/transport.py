@@ -31,7 +31,7 @@ from requests.exceptions import (
 )
 from requests.utils import get_encoding_from_headers
 
-from qwenproxy.config_values import split_proxy_url
+from qwenproxy.config.secrets import split_proxy_url
 from qwenproxy.services.http1 import (
     BAD_HEADER_CHARS,
     LeanBody,

@@ -88,7 +88,7 @@ class UsageRecord:
     failover_attempts: int = 0
     loop_detected: bool = False
     command_only: bool = False
-    # The upstream key (config_values.key_id) of the request's final attempt; None when no
+    # The upstream key (config.values.key_id) of the request's final attempt; None when no
     # attempt reached an upstream (local replies, refusals).
     upstream_key_id: str | None = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime
 
-from qwenproxy.config_values import duration_seconds
+from qwenproxy.config.values import duration_seconds
 
 GROUP_BY = ("model", "backend", "session", "key", "day")
 MAX_SINCE_S = 3660 * 86400.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwenproxy.config_values import key_id
+from qwenproxy.config.secrets import key_id
 from qwenproxy.services.client_keys import ClientKeyStore
 from qwenproxy.services.dashboard_login import COOKIE_NAME, MAX_FAILURES, DashboardSessions
 from tests.api.test_usage import KEY, ledger, make_app, metrics  # noqa: F401 - fixtures

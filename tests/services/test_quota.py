@@ -11,8 +11,8 @@ import pytest
 
 from qwenproxy import cli, create_app
 from qwenproxy.config import Config
-from qwenproxy.config_values import key_id as key_id_of
-from qwenproxy.config_values import parse_prices
+from qwenproxy.config.secrets import key_id as key_id_of
+from qwenproxy.config.tables import parse_prices
 from qwenproxy.errors import BudgetExceededError
 from qwenproxy.services.client_keys import ClientKey
 from qwenproxy.services.completions import RequestContext

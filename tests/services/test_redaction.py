@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from qwenproxy.services.known_secrets import KnownSecrets
+from qwenproxy.config.secrets import KnownSecrets
 from qwenproxy.services.redaction import (
     PLACEHOLDER,
     SECRET_PATTERNS,

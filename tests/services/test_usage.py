@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from qwenproxy.config.secrets import KnownSecrets
 from qwenproxy.errors import ServiceUnavailableError
 from qwenproxy.logs import SecretFilter
-from qwenproxy.services.known_secrets import KnownSecrets
 from qwenproxy.services.store import Database
 from qwenproxy.services.usage import NullLedger, UsageLedger
 from qwenproxy.services.usage_aggregates import PERCENTILE_ERROR, agg_table

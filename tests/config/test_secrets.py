@@ -16,9 +16,9 @@ import requests
 import responses
 
 from qwenproxy.config import Config
+from qwenproxy.config.secrets import MIN_KNOWN_SECRET, KnownSecrets
 from qwenproxy.logs import SecretFilter
 from qwenproxy.services.container import build_services
-from qwenproxy.services.known_secrets import MIN_KNOWN_SECRET, KnownSecrets
 from qwenproxy.services.qwen_creds import CredentialsFile
 from qwenproxy.services.redaction import PLACEHOLDER
 
