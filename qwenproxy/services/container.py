@@ -25,16 +25,12 @@ from qwenproxy.services.backend_specs import (
     key_backend_specs,
     qwen_oauth_available,
 )
-from qwenproxy.services.backends import (
-    Credentials,
-    OpenAICompatibleBackend,
-    QwenOAuthCredentials,
-    StaticKeyCredentials,
-)
+from qwenproxy.services.backends import OpenAICompatibleBackend
 from qwenproxy.services.client_keys import ClientKeyStore
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.completions import CompletionService, GuardSettings
 from qwenproxy.services.context_guard import ContextGuard
+from qwenproxy.services.credentials import Credentials, QwenOAuthCredentials, StaticKeyCredentials
 from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle, shared_secret
 from qwenproxy.services.key_usage import KeyUsage
 from qwenproxy.services.ledger_upkeep import LedgerUpkeep

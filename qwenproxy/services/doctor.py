@@ -10,8 +10,9 @@ from typing import Any
 from qwenproxy.config import SETTINGS, Config
 from qwenproxy.config.secrets import split_credentials
 from qwenproxy.errors import ProxyError
-from qwenproxy.services.backends import OpenAICompatibleBackend, QwenOAuthCredentials
+from qwenproxy.services.backends import OpenAICompatibleBackend
 from qwenproxy.services.container import Services, qwen_oauth_available
+from qwenproxy.services.credentials import QwenOAuthCredentials
 from qwenproxy.services.hosting import doctor_notes
 from qwenproxy.services.model_lists import fetch_model_list
 from qwenproxy.services.models import BACKEND_KEY_HINTS, key_backends_hint

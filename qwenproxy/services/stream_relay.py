@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 
 from qwenproxy.errors import ProxyError, UpstreamError
-from qwenproxy.services.backends import UpstreamStream, parse_upstream_object
 from qwenproxy.services.loops import LoopDetector, shorten_snippet
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.stream_events import (
@@ -30,6 +29,7 @@ from qwenproxy.services.stream_events import (
     chunk_events,
     error_event,
 )
+from qwenproxy.services.upstream_wire import UpstreamStream, parse_upstream_object
 from qwenproxy.sse import DONE_DATA, DONE_FRAME, KEEPALIVE_FRAME, encode_data
 
 log = logging.getLogger(__name__)

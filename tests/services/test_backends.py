@@ -10,8 +10,9 @@ import pytest
 
 from qwenproxy.errors import UpstreamError
 from qwenproxy.services import http1
-from qwenproxy.services.backends import OpenAICompatibleBackend, StaticKeyCredentials
+from qwenproxy.services.backends import OpenAICompatibleBackend
 from qwenproxy.services.container import make_http_session
+from qwenproxy.services.credentials import StaticKeyCredentials
 from qwenproxy.services.models import ModelCatalog
 from tests.fake_upstream import completion
 from tests.services.test_transport import RawServer
