@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qwenproxy.config.values import LOOP_DEFAULTS
-from qwenproxy.errors import ContextLengthExceededError, ProxyError, RateLimitError
+from qwenproxy.errors import ContextLengthExceededError, ProxyError
 from qwenproxy.services.commands import CommandProcessor
 from qwenproxy.services.context_guard import MAX_TOKENS_HEADER, ContextGuard, PromptSize
+from qwenproxy.services.failover import all_paused, can_fail_over, key_id_of, note_failure
 from qwenproxy.services.input_rules import header_text
 from qwenproxy.services.local_reply import LOCAL_HEADERS, local_reply
 from qwenproxy.services.loops import LoopDetector, shorten_snippet
@@ -31,8 +32,6 @@ from qwenproxy.services.system_messages import merge_system_messages
 
 log = logging.getLogger(__name__)
 
-QUOTA_COOL_DOWN_S = 3600.0
-ENDED_ACCOUNT_COOL_DOWN_S = 3600.0
 
 
 @dataclass
@@ -79,21 +78,6 @@ def _message_text(body: dict[str, Any]) -> str:
 def _chosen(switch: bool | None, default: bool) -> bool:
     """A session's switch, or the configured default where the session has none."""
     return default if switch is None else switch
-
-
-def _all_paused(plan: Plan) -> RateLimitError:
-    """The answer when every account of every target is cooling down after its quota."""
-    wait = min(t.backend.seconds_until_ready() for t in plan.targets)
-    return RateLimitError(
-        f"Every account of {', '.join(sorted({t.backend.name for t in plan.targets}))} is "
-        f"paused after running out of quota; ready again in {wait:.0f} s.",
-        code="insufficient_quota",
-        headers={"Retry-After": str(max(1, round(wait)))},
-    )
-
-
-def _can_fail_over(error: ProxyError) -> bool:
-    return error.status == 429 or error.status >= 500
 
 
 class CompletionService:
@@ -270,7 +254,7 @@ class CompletionService:
                     body[fit.field] = outcome.max_tokens_lowered = fit.max_tokens
                 else:
                     outcome.max_tokens_lowered = None
-            key_id = self._key_id(target, account)
+            key_id = key_id_of(target, account)
             if self.quota is not None and target.backend.paused_answer(account) is None:
                 refused = self.quota.admit(target.backend.name, key_id)
                 if refused is not None:
@@ -292,8 +276,8 @@ class CompletionService:
                 # refuse too, or answer a prompt the client must shorten anyway).
                 raise self._refusal_with_numbers(exc, size, upstream, facts) from None
             except ProxyError as exc:
-                self._note_failure(target, account, exc)
-                if not _can_fail_over(exc):
+                note_failure(target, account, exc, self.quota)
+                if not can_fail_over(exc):
                     raise
                 last_error = exc
                 log.warning(
@@ -311,7 +295,7 @@ class CompletionService:
             raise last_error
         if spent:
             raise self.quota.refusal(spent)
-        raise _all_paused(plan)
+        raise all_paused(plan)
 
     def _facts(self, target: Target) -> ModelFacts:
         if self.facts is None:
@@ -337,29 +321,6 @@ class CompletionService:
                 except Exception:  # a count is a nicety here, never a new failure
                     log.exception("counting a refused prompt failed")
         return error.completed(prompt, facts.context_length)
-
-    @staticmethod
-    def _key_id(target: Target, account: int) -> str | None:
-        key_id = getattr(target.backend, "key_id", None)
-        return key_id(account) if key_id is not None else None
-
-    def _note_failure(self, target: Target, account: int, error: ProxyError) -> None:
-        if error.code == "insufficient_quota":
-            # Paused until its window frees by our counts; else the upstream's Retry-After;
-            # else QUOTA_COOL_DOWN_S.
-            seconds = None
-            if self.quota is not None:
-                seconds = self.quota.pause_seconds(
-                    target.backend.name, self._key_id(target, account)
-                )
-            if seconds is None:
-                retry_after = error.headers.get("Retry-After") or error.headers.get(
-                    "retry-after", ""
-                )
-                seconds = float(retry_after) if retry_after.isdigit() else QUOTA_COOL_DOWN_S
-            target.backend.cool_down(account, seconds)
-        elif error.code == "qwen_oauth_access_ended" and not target.backend.paused_answer(account):
-            target.backend.cool_down(account, ENDED_ACCOUNT_COOL_DOWN_S, answer=error)
 
     def _served_by(self, target: Target, ctx: RequestContext) -> dict[str, str]:
         """The headers that say what served a request (and, for a backend with quota

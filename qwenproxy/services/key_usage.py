@@ -15,7 +15,8 @@ from typing import Any
 
 from qwenproxy.services import usage_aggregates as agg
 from qwenproxy.services.store import Database, database_errors
-from qwenproxy.services.usage import RECORD_FIELDS, _plain_row
+from qwenproxy.services.usage_reads import _plain_row
+from qwenproxy.services.usage_records import RECORD_FIELDS
 from qwenproxy.services.usage_stats import bucket_width
 
 RECENT_SCAN = 10000
