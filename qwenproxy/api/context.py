@@ -20,7 +20,7 @@ from qwenproxy.services.container import Services
 from qwenproxy.services.input_rules import check_request_model, read_capped
 from qwenproxy.services.pipeline_frames import StreamTranslator, translate_frames
 from qwenproxy.services.sessions import session_id_for
-from qwenproxy.services.transport import peer_closed
+from qwenproxy.services.upstream_pool import peer_closed
 
 log = logging.getLogger(__name__)
 
