@@ -240,7 +240,7 @@ def test_doctor_with_no_backend_at_all_names_the_keys(tmp_path):
 
 
 def test_a_refusing_upstream_proxy_is_a_502_and_the_log_says_why(make_config, caplog):
-    from tests.services.test_transport import TunnelingProxy
+    from tests.services.test_proxy_tunnel import TunnelingProxy
 
     proxy = TunnelingProxy("user:right-pass")
     wrong = f"http://user:wrong-pass@127.0.0.1:{proxy.port}"

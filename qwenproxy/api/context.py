@@ -28,7 +28,7 @@ from qwenproxy.services.pipeline_frames import StreamTranslator, translate_event
 from qwenproxy.services.request_context import RequestContext
 from qwenproxy.services.sessions import session_id_for
 from qwenproxy.services.stream_relay import chat_frames
-from qwenproxy.services.transport import peer_closed
+from qwenproxy.services.upstream_pool import peer_closed
 
 log = logging.getLogger(__name__)
 

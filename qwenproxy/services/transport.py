@@ -1,20 +1,18 @@
-"""The shared `requests.Session`'s transport (mounted with `Session.mount`): pooled
-keep-alive HTTP/1.1 connections to the configured upstreams, TLS verified against
-certifi's bundle, HTTP proxies. The wire format is in services/http1.py (answers parsed
-by llhttp, through `httptools`).
+"""The shared `requests.Session`'s transport (mounted with `Session.mount`): keep-alive
+HTTP/1.1 connections to the configured upstreams (pooled in services/upstream_pool.py),
+TLS verified against certifi's bundle, HTTP proxies (services/proxy_tunnel.py), and when a
+request that failed on a reused connection goes again. The wire format is in
+services/http1.py and services/http1_body.py (answers parsed by llhttp, through
+`httptools`).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import ipaddress
-import select
 import socket
 import ssl
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,27 +29,22 @@ from requests.exceptions import (
 )
 from requests.utils import get_encoding_from_headers
 
-from qwenproxy.config.secrets import split_proxy_url
 from qwenproxy.services.http1 import (
     BAD_HEADER_CHARS,
-    LeanBody,
+    Answer,
     Unanswered,
     encode_request,
     read_head,
     reason_of,
 )
+from qwenproxy.services.http1_body import LeanBody
+from qwenproxy.services.proxy_tunnel import TunnelProxy
+from qwenproxy.services.upstream_pool import (
+    ConnectionPool,
+    PooledConnection,
+    close_idle,
+)
 
-try:  # a zero-timeout readiness check needs no hub switch: use the real poll under gevent
-    from gevent.monkey import get_original
-
-    _poll = get_original("select", "poll")
-except ImportError:  # pragma: no cover - gevent is a runtime dependency
-    _poll = select.poll
-_POLLRDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its sending side
-
-# Idle keep-alive sockets older than this are closed rather than reused: below the 60 s
-# idle timeout of common load balancers, so a reuse seldom races the server's own close.
-MAX_IDLE_SECONDS = 50.0
 # A reused connection that ends this soon after an idempotent request, with no answer
 # byte, was closed by the server as the request crossed it; the request goes again, once.
 CROSSED_CLOSE_SECONDS = 1.0
@@ -87,26 +80,30 @@ class ClosedWithoutAnswer(ConnectionError):
     of an answer. A POST is not sent again: the upstream may have acted on it."""
 
 
-class _Connection:
-    """One open socket to an upstream, reusable after a fully read answer."""
+class _Call:
+    """One request as the transport sends it: the pool key, the encoded head and body, and
+    how long to wait; `written` turns True once any byte of it may have reached the peer."""
 
-    __slots__ = ("sock", "key", "idle_since")
+    __slots__ = ("method", "key", "host", "head", "body", "timeouts", "while_waiting", "proxy")
 
-    def __init__(self, sock: socket.socket, key: tuple[Any, ...]) -> None:
-        self.sock = sock
+    def __init__(
+        self,
+        method: str,
+        key: tuple[Any, ...],
+        head: bytes,
+        body: bytes,
+        timeouts: tuple[float | None, float | None],
+        while_waiting: Callable[[], None] | None,
+        proxy: TunnelProxy | None,
+    ) -> None:
+        self.method = method
         self.key = key
-        self.idle_since = 0.0
-
-    def looks_dropped(self) -> bool:
-        """An idle keep-alive socket that is readable was closed by the server (EOF) or
-        got bytes nobody asked for: either way it must not carry another request."""
-        return _ready(self.sock) != 0
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        self.host = key[1]
+        self.head = head
+        self.body = body
+        self.timeouts = timeouts
+        self.while_waiting = while_waiting
+        self.proxy = proxy  # a forward proxy for a plain-http upstream: its 407 is its own
 
 
 class LeanAdapter(BaseAdapter):
@@ -139,7 +136,6 @@ class LeanAdapter(BaseAdapter):
         http_proxy: str | None = None,
     ) -> None:
         super().__init__()
-        self.max_idle_per_host = max_idle_per_host
         self._proxies = {
             "https": TunnelProxy.from_url(proxy, no_proxy) if proxy else None,
             "http": (
@@ -149,10 +145,10 @@ class LeanAdapter(BaseAdapter):
             ),
         }
         self._default_verify: bool | str = ca_bundle or True
-        self._idle: dict[tuple[Any, ...], deque[_Connection]] = {}
+        self._pool = ConnectionPool(max_idle_per_host)
         self._contexts: dict[Any, ssl.SSLContext] = {}
         # A dropped adapter (an app built and thrown away) still closes its idle sockets.
-        weakref.finalize(self, _close_idle, self._idle)
+        weakref.finalize(self, close_idle, self._pool.idle)
 
     # --- requests' adapter interface ----------------------------------------------------
 
@@ -173,73 +169,24 @@ class LeanAdapter(BaseAdapter):
         scheme, host, port, host_header, path = _target(request.url or "")
         if proxies and (proxies.get(scheme) or proxies.get("all")):
             raise requests.exceptions.ProxyError("qwenproxy's transport does not use proxies")
-        connect_timeout, read_timeout = _timeouts(timeout)
         method = (request.method or "GET").upper()
         proxy = self._proxies[scheme]
         if proxy is not None and not proxy.applies_to(host):
             proxy = None
-        forward = proxy is not None and scheme == "http"
+        forward = proxy if proxy is not None and scheme == "http" else None
         head, body = encode_request(
             method,
             f"http://{host_header}{path}" if forward else path,
             host_header,
             request.headers,
             request.body,
-            proxy.authorization if forward and proxy is not None else None,
+            forward.authorization if forward is not None else None,
         )
         if verify is True:
             verify = self._default_verify
         key = (scheme, host, port, verify if scheme == "https" else None, proxy is not None)
-
-        retried = False
-        while True:
-            conn = None if retried else self._checkout(key)
-            reused = conn is not None
-            if conn is None:
-                conn = self._connect(key, connect_timeout)
-            sent_at = time.monotonic()
-            written = False  # whether any byte of this request may have reached the server
-            try:
-                conn.sock.settimeout(read_timeout)
-                first = head + body if body and len(body) <= 65536 else head
-                sent = conn.sock.send(first)
-                written = True
-                if sent < len(first):
-                    conn.sock.sendall(first[sent:])
-                if first is head and body:
-                    conn.sock.sendall(body)
-                answer = read_head(conn.sock, read_timeout, while_waiting, method)
-                if forward and answer.status == 407 and proxy is not None:
-                    conn.close()  # the proxy's answer, not the upstream's
-                    raise proxy.wants_credentials()
-                raw = LeanBody(conn, self.checkin, answer, read_timeout)
-                break
-            except TimeoutError:
-                conn.close()
-                raise ReadTimeout(f"{host} did not answer within {read_timeout} s") from None
-            except requests.exceptions.ProxyError:  # an OSError too: not one of those below
-                raise
-            except (Unanswered, BrokenPipeError, ConnectionResetError) as exc:
-                conn.close()
-                unanswered = not written or isinstance(exc, Unanswered)
-                if reused and unanswered and self._may_send_again(method, written, sent_at):
-                    retried = True
-                    continue
-                if written and isinstance(exc, Unanswered):
-                    raise ClosedWithoutAnswer(
-                        "the upstream closed the connection without answering"
-                        + ("" if method in IDEMPOTENT else "; the request was not sent again")
-                    ) from None
-                raise ConnectionError(f"{host} closed the connection: {reason_of(exc)}") from None
-            except OSError as exc:
-                conn.close()
-                raise ConnectionError(f"{host} closed the connection: {reason_of(exc)}") from None
-            except ValueError as exc:
-                conn.close()
-                raise ConnectionError(f"{host} sent a malformed answer: {exc}") from None
-            except BaseException:  # `while_waiting` ended the wait, or the greenlet is killed
-                conn.close()
-                raise
+        call = _Call(method, key, head, body, _timeouts(timeout), while_waiting, forward)
+        answer, raw = self._exchange(call)
         response = requests.Response()
         response.status_code = answer.status
         response.reason = answer.reason
@@ -254,7 +201,72 @@ class LeanAdapter(BaseAdapter):
         return response
 
     def close(self) -> None:
-        _close_idle(self._idle)
+        self._pool.close()
+
+    def checkin(self, conn: PooledConnection) -> None:
+        """Take back a connection whose answer was fully read (LeanBody's `release`)."""
+        self._pool.checkin(conn)
+
+    # --- one exchange, sent again at most once ------------------------------------------
+
+    def _exchange(self, call: _Call) -> tuple[Answer, LeanBody]:
+        """Write the request and read the answer's head, on a pooled connection or a new
+        one; a failure on a pooled one may send the request again, once, on a new one."""
+        retried = False
+        while True:
+            conn = None if retried else self._pool.checkout(call.key)
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(call.key, call.timeouts[0])
+            sent_at = time.monotonic()
+            written = [False]  # whether any byte of this request may have reached the server
+            try:
+                return self._attempt(conn, call, written)
+            except TimeoutError:
+                conn.close()
+                raise ReadTimeout(
+                    f"{call.host} did not answer within {call.timeouts[1]} s"
+                ) from None
+            except requests.exceptions.ProxyError:  # an OSError too: not one of those below
+                raise
+            except (Unanswered, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                unanswered = not written[0] or isinstance(exc, Unanswered)
+                if reused and unanswered and self._may_send_again(call.method, written[0], sent_at):
+                    retried = True
+                    continue
+                raise _closed_error(call, written[0], exc) from None
+            except OSError as exc:
+                conn.close()
+                raise ConnectionError(
+                    f"{call.host} closed the connection: {reason_of(exc)}"
+                ) from None
+            except ValueError as exc:
+                conn.close()
+                raise ConnectionError(f"{call.host} sent a malformed answer: {exc}") from None
+            except BaseException:  # `while_waiting` ended the wait, or the greenlet is killed
+                conn.close()
+                raise
+
+    def _attempt(
+        self, conn: PooledConnection, call: _Call, written: list[bool]
+    ) -> tuple[Answer, LeanBody]:
+        """One write of the request (one `send` when it fits) and the read of its head."""
+        sock, head, body = conn.sock, call.head, call.body
+        read_timeout = call.timeouts[1]
+        sock.settimeout(read_timeout)
+        first = head + body if body and len(body) <= 65536 else head
+        sent = sock.send(first)
+        written[0] = True
+        if sent < len(first):
+            sock.sendall(first[sent:])
+        if first is head and body:
+            sock.sendall(body)
+        answer = read_head(sock, read_timeout, call.while_waiting, call.method)
+        if call.proxy is not None and answer.status == 407:
+            conn.close()  # the proxy's answer, not the upstream's
+            raise call.proxy.wants_credentials()
+        return answer, LeanBody(conn, self.checkin, answer, read_timeout)
 
     @staticmethod
     def _may_send_again(method: str, written: bool, sent_at: float) -> bool:
@@ -269,35 +281,9 @@ class LeanAdapter(BaseAdapter):
             return True
         return method in IDEMPOTENT and time.monotonic() - sent_at < CROSSED_CLOSE_SECONDS
 
-    # --- the pool -----------------------------------------------------------------------
+    # --- new connections ----------------------------------------------------------------
 
-    def _checkout(self, key: tuple[Any, ...]) -> _Connection | None:
-        conns = self._idle.get(key)
-        if not conns:
-            return None
-        fresh_since = time.monotonic() - MAX_IDLE_SECONDS
-        while conns:
-            conn = conns.pop()  # the most recently used first
-            if conn.idle_since < fresh_since or conn.looks_dropped():
-                conn.close()
-                continue
-            return conn
-        return None
-
-    def checkin(self, conn: _Connection) -> None:
-        conns = self._idle.get(conn.key)
-        if conns is None:
-            conns = self._idle.setdefault(conn.key, deque())
-        now = time.monotonic()
-        while conns and conns[0].idle_since < now - MAX_IDLE_SECONDS:
-            conns.popleft().close()  # the oldest idle sockets expire, not just linger
-        if len(conns) >= self.max_idle_per_host:
-            conn.close()
-        else:
-            conn.idle_since = now
-            conns.append(conn)
-
-    def _connect(self, key: tuple[Any, ...], timeout: float | None) -> _Connection:
+    def _connect(self, key: tuple[Any, ...], timeout: float | None) -> PooledConnection:
         scheme, host, port, verify, via_proxy = key
         proxy = self._proxies[scheme] if via_proxy else None
         to_host, to_port = (proxy.host, proxy.port) if proxy else (host, port)
@@ -330,7 +316,7 @@ class LeanAdapter(BaseAdapter):
         except BaseException:  # a gevent timeout, a killed greenlet: no socket left behind
             sock.close()
             raise
-        return _Connection(sock, key)
+        return PooledConnection(sock, key)
 
     def _tls_context(self, verify: bool | str) -> ssl.SSLContext:
         context = self._contexts.get(verify)
@@ -347,128 +333,14 @@ class LeanAdapter(BaseAdapter):
         return context
 
 
-class TunnelProxy:
-    """An HTTP proxy: it opens `CONNECT` tunnels to HTTPS upstreams, and takes plain-http
-    requests in absolute form. `setting` names the variable it came from (for errors)."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        authorization: str | None,
-        bypass: tuple[str, ...],
-        setting: str = "UPSTREAM_PROXY",
-    ):
-        self.host = host
-        self.port = port
-        self.authorization = authorization  # "Basic …": never logged, never in an error
-        self._bypass = bypass
-        self._setting = setting
-
-    @classmethod
-    def from_url(
-        cls, url: str, no_proxy: tuple[str, ...] = (), setting: str = "UPSTREAM_PROXY"
-    ) -> TunnelProxy:
-        address = split_proxy_url(url)  # the same reading config validated
-        authorization = None
-        if address.username is not None:
-            pair = f"{address.username}:{address.password or ''}"
-            authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-        return cls(address.host, address.port, authorization, no_proxy, setting)
-
-    def wants_credentials(self) -> requests.exceptions.ProxyError:
-        return requests.exceptions.ProxyError(
-            f"the upstream proxy {self.host}:{self.port} wants credentials (HTTP 407): "
-            f"put them in {self._setting} as http://user:password@host:port"
+def _closed_error(call: _Call, written: bool, exc: OSError) -> ConnectionError:
+    """The error for a connection that ended before an answer and is not tried again."""
+    if written and isinstance(exc, Unanswered):
+        return ClosedWithoutAnswer(
+            "the upstream closed the connection without answering"
+            + ("" if call.method in IDEMPOTENT else "; the request was not sent again")
         )
-
-    def applies_to(self, host: str) -> bool:
-        """False for loopback hosts and for hosts NO_PROXY names (host, .domain, IP,
-        network, or `*` for all)."""
-        host = host.lower().rstrip(".").strip("[]")
-        if host == "localhost" or host.endswith(".localhost"):
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
-        if address is not None:
-            mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
-            if address.is_loopback or (mapped is not None and mapped.is_loopback):
-                return False
-        for entry in self._bypass:
-            if entry == "*":
-                return False
-            name = entry.lstrip(".").rstrip(".")
-            if address is not None:
-                try:
-                    if address in ipaddress.ip_network(name, strict=False):
-                        return False
-                except ValueError:
-                    pass
-            elif host == name or host.endswith("." + name):
-                return False
-        return True
-
-    def open_tunnel(self, sock: socket.socket, host: str, port: int) -> None:
-        """Ask the proxy for a tunnel to host:port on `sock` (a fresh connection to it)."""
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-        if self.authorization:
-            lines.append(f"Proxy-Authorization: {self.authorization}")
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        try:
-            answer = read_head(sock, method="CONNECT")
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, TimeoutError):
-                raise
-            raise requests.exceptions.ProxyError(
-                f"the upstream proxy {self.host}:{self.port} did not open a tunnel to {target}"
-            ) from None
-        if answer.status == 407:
-            raise self.wants_credentials()
-        if not 200 <= answer.status < 300 or answer.body or answer.spoiled:
-            raise requests.exceptions.ProxyError(
-                f"the upstream proxy {self.host}:{self.port} refused a tunnel to {target} "
-                f"(HTTP {answer.status} {answer.reason})"
-            )
-
-
-def _ready(sock: socket.socket) -> int:
-    """The socket's poll events right now (POLLIN, POLLHUP, ...), without waiting; POLLERR
-    for a socket that is already closed."""
-    try:
-        poller = _poll()
-        poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
-        events = poller.poll(0)
-    except (OSError, ValueError):
-        return select.POLLERR
-    return events[0][1] if events else 0
-
-
-def peer_closed(sock: socket.socket) -> bool:
-    """Whether the other end of a connection closed it (or shut down its sending side).
-    Bytes waiting to be read are not a close. Never waits."""
-    events = _ready(sock)
-    if not events:
-        return False
-    if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL | _POLLRDHUP):
-        return True
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""  # readable: at once, data or EOF
-    except (BlockingIOError, ValueError):  # ValueError: a TLS socket takes no flags
-        return False
-    except OSError:
-        return True
-
-
-def _close_idle(idle: dict[tuple[Any, ...], deque[_Connection]]) -> None:
-    for conns in list(idle.values()):
-        while conns:
-            conns.pop().close()
-
-
-# --- request and answer heads -----------------------------------------------------------
+    return ConnectionError(f"{call.host} closed the connection: {reason_of(exc)}")
 
 
 def _timeouts(timeout: Any) -> tuple[float | None, float | None]:

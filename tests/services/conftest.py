@@ -1,4 +1,5 @@
-"""Fixtures of the service tests: a database of each kind (see tests/databases.py)."""
+"""Fixtures of the service tests: a database of each kind (see tests/databases.py), and
+the upstream stack's loopback servers (tests/services/raw_server.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from qwenproxy.services.store import Database
 from tests.databases import DATABASE_KINDS, database_url_for
+from tests.services.raw_server import ca, http, serve  # noqa: F401 - fixtures
 
 
 @pytest.fixture(params=DATABASE_KINDS)

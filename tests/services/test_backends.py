@@ -9,13 +9,13 @@ import gevent
 import pytest
 
 from qwenproxy.errors import UpstreamError
-from qwenproxy.services import http1
+from qwenproxy.services import http1_body
 from qwenproxy.services.backends import OpenAICompatibleBackend
 from qwenproxy.services.container import make_http_session
 from qwenproxy.services.credentials import StaticKeyCredentials
 from qwenproxy.services.models import ModelCatalog
 from tests.fake_upstream import completion
-from tests.services.test_transport import RawServer
+from tests.services.raw_server import RawServer
 
 
 class ClientLeft(Exception):
@@ -111,7 +111,7 @@ def test_an_upstream_that_reads_a_post_and_closes_is_a_502_and_gets_it_once(raw_
 
 
 def test_an_answer_over_the_size_cap_is_a_502(raw_backend, monkeypatch):
-    monkeypatch.setattr(http1, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(http1_body, "MAX_ANSWER_BYTES", 1000)
     answer = json.dumps(completion("x" * 2000)).encode()
 
     def big(server: RawServer, sock) -> None:

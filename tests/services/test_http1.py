@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwenproxy.services.http1 import LeanBody, read_head
-from qwenproxy.services.transport import LeanAdapter, _Connection
+from qwenproxy.services.http1 import read_head
+from qwenproxy.services.http1_body import LeanBody
+from qwenproxy.services.upstream_pool import ConnectionPool, PooledConnection
 
 
 def json_answer(body: bytes) -> bytes:
@@ -34,12 +35,12 @@ class ScriptedSocket:
 def read_all_split(wire: bytes, at: int) -> tuple[bytes, bool]:
     """Parse `wire` delivered in two pieces split at `at`: (body, socket kept for reuse)."""
     sock = ScriptedSocket([wire[:at], wire[at:]] if at else [wire])
-    pool = LeanAdapter()
-    conn = _Connection(sock, ("http", "h", 80, None))  # type: ignore[arg-type]
+    pool = ConnectionPool()
+    conn = PooledConnection(sock, ("http", "h", 80, None))  # type: ignore[arg-type]
     answer = read_head(sock)  # type: ignore[arg-type]
     body = LeanBody(conn, pool.checkin, answer, 5.0)
     data = body.read()
-    return data, bool(pool._idle.get(conn.key))
+    return data, bool(pool.idle.get(conn.key))
 
 
 def test_chunked_framing_survives_any_split():
