@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwenproxy.services.metrics import Metrics  # noqa: E402
-from qwenproxy.services.store import Database  # noqa: E402
-from qwenproxy.services.usage import UsageLedger, UsageRecord  # noqa: E402
+from qwenproxy.ledger.metrics import Metrics  # noqa: E402
+from qwenproxy.ledger.writer import UsageLedger, UsageRecord  # noqa: E402
+from qwenproxy.store import Database  # noqa: E402
 
 TARGET_P50_US = 50.0
 

@@ -41,7 +41,7 @@ CHINESE = "代理把每个请求转发给提供该模型的上游服务，并记
 
 def sample_text(target_tokens: int) -> str:
     """Mixed prose, code and Chinese of about `target_tokens` Qwen tokens."""
-    from qwenproxy.services.qwen_tokens import PromptCounter
+    from qwenproxy.pipeline.guards.tokens import PromptCounter
 
     counter = PromptCounter()
     unit = PROSE + CODE + CHINESE + "\n"
@@ -50,7 +50,7 @@ def sample_text(target_tokens: int) -> str:
 
 
 def counter_speed(text: str, repeats: int = 5) -> dict[str, float]:
-    from qwenproxy.services.qwen_tokens import PromptCounter, QwenTokenizer
+    from qwenproxy.pipeline.guards.tokens import PromptCounter, QwenTokenizer
 
     QwenTokenizer().encoding()
     messages = [{"role": "user", "content": text}]
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from qwenproxy.services.qwen_tokens import QwenTokenizer
+    from qwenproxy.pipeline.guards.tokens import QwenTokenizer
 
     started = time.perf_counter()
     QwenTokenizer().encoding()

@@ -133,14 +133,14 @@ def in_process(chunks: int) -> dict[str, float]:
     (loop detection on) and each door's encoding, over a `chunks`-delta answer."""
     import orjson
 
-    from qwenproxy.services.anthropic_format import AnthropicRequest
-    from qwenproxy.services.anthropic_stream import AnthropicStream
-    from qwenproxy.services.loops import LoopDetector
-    from qwenproxy.services.pipeline_frames import translate_events
-    from qwenproxy.services.request_context import RequestContext
-    from qwenproxy.services.responses_format import to_chat_request
-    from qwenproxy.services.responses_stream import ResponsesStream
-    from qwenproxy.services.stream_relay import StreamRelaySettings, chat_frames, relay_stream
+    from qwenproxy.doors.anthropic.request import AnthropicRequest
+    from qwenproxy.doors.anthropic.stream import AnthropicStream
+    from qwenproxy.doors.responses.request import to_chat_request
+    from qwenproxy.doors.responses.stream import ResponsesStream
+    from qwenproxy.doors.translator import translate_events
+    from qwenproxy.pipeline.context import RequestContext
+    from qwenproxy.pipeline.guards.loops import LoopDetector
+    from qwenproxy.pipeline.relay import StreamRelaySettings, chat_frames, relay_stream
     from qwenproxy.sse import SSEEvent
 
     def chunk(delta: dict, finish: str | None = None) -> SSEEvent:

@@ -52,9 +52,9 @@ def timed(fn: Callable[[], Any], calls: int, warmup: int = 200) -> dict[str, flo
 
 def measure(calls: int) -> dict[str, Any]:
     from qwenproxy.config import Config
-    from qwenproxy.schemas import load_chat_completion_request
-    from qwenproxy.services.container import build_services, make_http_session
-    from qwenproxy.services.request_context import RequestContext
+    from qwenproxy.container import build_services, make_http_session
+    from qwenproxy.edge.schemas import load_chat_completion_request
+    from qwenproxy.pipeline.context import RequestContext
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp_name:

@@ -31,9 +31,9 @@ GROUPS = ("", "model", "backend", "session", "key", "day")
 
 def fill(url: str, rows: int, now: float) -> None:
     """`rows` raw rows, newest at `now`, evenly over 90 days, without aggregates."""
-    import qwenproxy.services.ledger_upkeep  # noqa: F401 - registers every ledger table
-    import qwenproxy.services.usage  # noqa: F401
-    from qwenproxy.services.store import Database
+    import qwenproxy.ledger.upkeep  # noqa: F401 - registers every ledger table
+    import qwenproxy.ledger.writer  # noqa: F401
+    from qwenproxy.store import Database
 
     db = Database(url)
     span = 90 * DAY
@@ -76,8 +76,8 @@ def fill(url: str, rows: int, now: float) -> None:
 
 def build_aggregates(url: str) -> float:
     """The upkeep's migration, run to the end here; returns its rows/s."""
-    from qwenproxy.services.ledger_upkeep import LedgerUpkeep
-    from qwenproxy.services.store import Database
+    from qwenproxy.ledger.upkeep import LedgerUpkeep
+    from qwenproxy.store import Database
 
     db = Database(url)
     upkeep = LedgerUpkeep(db, None)
@@ -92,8 +92,8 @@ def build_aggregates(url: str) -> float:
 
 def writer_rows_per_s(url: str, count: int = 50000) -> float:
     """Records of one busy minute after another through the real writer (with aggregates)."""
-    from qwenproxy.services.store import Database
-    from qwenproxy.services.usage import UsageLedger, UsageRecord
+    from qwenproxy.ledger.writer import UsageLedger, UsageRecord
+    from qwenproxy.store import Database
 
     db = Database(url)
     ledger = UsageLedger(db, queue_size=count + 1)

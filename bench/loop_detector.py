@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwenproxy.services.loops import LoopDetector  # noqa: E402
+from qwenproxy.pipeline.guards.loops import LoopDetector  # noqa: E402
 
 MB = 1 << 20
 

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenproxy.services.limits import LimitEngine
-from qwenproxy.services.quota import QuotaGate
-from qwenproxy.services.store import Database
-from qwenproxy.services.usage import UsageLedger
-from qwenproxy.services.usage_records import UsageRecord
+from qwenproxy.ledger.limits import LimitEngine
+from qwenproxy.ledger.records import UsageRecord
+from qwenproxy.ledger.writer import UsageLedger
+from qwenproxy.pipeline.quota import QuotaGate
+from qwenproxy.store import Database
 
 # Pro's three windows, with limits far above what the run sends (far from the limit).
 FAR = {"5h": 6_000_000, "7d": 45_000_000, "30d": 90_000_000}
@@ -36,7 +36,7 @@ class ClientKey:
 
 
 def one_request(gate: QuotaGate | None, key: ClientKey | None, ledger: UsageLedger) -> None:
-    """The quota work of one request, as services/completions.py does it."""
+    """The quota work of one request, as pipeline/service.py does it."""
     spends = []
     if gate is not None and key is not None:
         spends = gate.check_budgets(key)

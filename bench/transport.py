@@ -26,8 +26,8 @@ from bench.processes import CLOCK_TICKS, FakeProcess
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from qwenproxy.services.upstream_wire import post_prepared
-from qwenproxy.services.container import make_http_session
+from qwenproxy.upstream.wire import post_prepared
+from qwenproxy.container import make_http_session
 
 url, calls = sys.argv[2] + "/v1/chat/completions", int(sys.argv[3])
 plain, streamed = sys.argv[4].encode(), sys.argv[5].encode()

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from qwenproxy.config import Config
-    from qwenproxy.services.container import Services
+    from qwenproxy.container import Services
 
 
 def create_app(config: Config | None = None, services: Services | None = None) -> Flask:
@@ -21,8 +21,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
 
     from qwenproxy.api import register_api
     from qwenproxy.config import Config
+    from qwenproxy.container import build_services
     from qwenproxy.logs import configure_logging
-    from qwenproxy.services.container import build_services
 
     config = config or Config.from_env()
     services = services or build_services(config)

@@ -1,5 +1,5 @@
-"""`python -m qwenproxy ...`: the command line (see qwenproxy.cli)."""
+"""`python -m qwenproxy ...`: the command line (see qwenproxy.cli.main)."""
 
-from qwenproxy.cli import main
+from qwenproxy.cli.main import main
 
 raise SystemExit(main())

@@ -146,7 +146,7 @@ class ContextLengthExceededError(InvalidRequestError):
 
 
 class QuotaExhaustedError(ProxyError):
-    """Every key the request could use has spent a request window (services/quota.py)."""
+    """Every key the request could use has spent a request window (pipeline/quota.py)."""
 
     status = 429
     type = "rate_limit_error"

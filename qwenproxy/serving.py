@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from qwenproxy.config import Config
-from qwenproxy.services.hosting import startup_warnings
+from qwenproxy.hosting import startup_warnings
 
 WORKER_CONNECTIONS = 4000  # concurrent connections per gevent worker
 # gunicorn's gevent worker, answering what gunicorn itself refuses with JSON and a ledger row.
-WORKER_CLASS = "qwenproxy.services.edge_worker.EdgeGeventWorker"
+WORKER_CLASS = "qwenproxy.edge.worker.EdgeGeventWorker"
 # gunicorn's limits on a request's head (its defaults, set here so that the worker's
 # 414/431 answers can name them): request line bytes, header fields, bytes per field.
 LIMIT_REQUEST_LINE = 4094

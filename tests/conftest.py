@@ -19,7 +19,10 @@ import requests
 
 from qwenproxy import create_app
 from qwenproxy.config import Config
+from qwenproxy.store import Database
+from tests.databases import DATABASE_KINDS, database_url_for
 from tests.fake_upstream import FakeUpstream
+from tests.upstream.http.raw_server import ca, http, serve  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,3 +215,15 @@ def start_proxy(tmp_path: Path, creds_path: Path, fake: FakeUpstream) -> Iterato
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return database_url_for(request.param, tmp_path)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()

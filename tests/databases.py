@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import qwenproxy.services.container  # noqa: F401 - registers every table on `metadata`
-from qwenproxy.services.store import Database, metadata
+import qwenproxy.container  # noqa: F401 - registers every table on `metadata`
+from qwenproxy.store import Database, metadata
 
 DATABASE_KINDS = ("sqlite", "postgresql")
 

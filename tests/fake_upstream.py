@@ -177,7 +177,7 @@ def _refusal(status: str, message: str, code: str | None) -> WSGIReply:
 
 
 # How each provider refuses a prompt longer than its window (sources beside context_refusal
-# in qwenproxy/services/context_guard.py).
+# in qwenproxy/pipeline/guards/context.py).
 LENGTH_REFUSALS: dict[str, Callable[[int, int], WSGIReply]] = {
     "dashscope": lambda window, size: _refusal(
         "400 Bad Request",

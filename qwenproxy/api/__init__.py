@@ -6,7 +6,7 @@ from flask import Flask
 
 from qwenproxy.api import anthropic, chat, dashboard, health, models, responses, usage
 from qwenproxy.api.errors import register_error_handlers
-from qwenproxy.services.anthropic_answer import error_body_for
+from qwenproxy.doors.anthropic.answer import error_body_for
 
 
 def register_api(app: Flask) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from qwenproxy.api.context import request_json, require_client, services, translated_door
-from qwenproxy.schemas import load_anthropic_messages_request
-from qwenproxy.services.anthropic_answer import error_body_for, to_message
-from qwenproxy.services.anthropic_format import to_chat_request
-from qwenproxy.services.anthropic_stream import AnthropicStream
-from qwenproxy.services.qwen_tokens import REPLY_PRIMER
+from qwenproxy.doors.anthropic.answer import error_body_for, to_message
+from qwenproxy.doors.anthropic.request import to_chat_request
+from qwenproxy.doors.anthropic.stream import AnthropicStream
+from qwenproxy.edge.schemas import load_anthropic_messages_request
+from qwenproxy.pipeline.guards.tokens import REPLY_PRIMER
 
 bp = Blueprint("anthropic", __name__)
 bp.before_request(require_client)

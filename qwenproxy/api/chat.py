@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from qwenproxy.api.context import request_context, request_json, require_client, run_pipeline
-from qwenproxy.schemas import load_chat_completion_request
+from qwenproxy.edge.schemas import load_chat_completion_request
 
 bp = Blueprint("chat", __name__)
 bp.before_request(require_client)

@@ -1,5 +1,5 @@
 """What views share: the services of the current app, the client check, the request body
-(read with a cap and checked by `services/input_rules.py`, one step for every door), and
+(read with a cap and checked by `pipeline/input_rules.py`, one step for every door), and
 the per-request context (client, session) handed to the pipeline."""
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ import orjson
 from flask import Response, current_app, g, request
 
 from qwenproxy.api.errors import ErrorBody
+from qwenproxy.container import Services
+from qwenproxy.doors.translator import StreamTranslator, translate_events
+from qwenproxy.edge.access import Caller
+from qwenproxy.edge.schemas import parse_json_object
 from qwenproxy.errors import (
     ClientGoneError,
     InvalidRequestError,
     PermissionDeniedError,
     ProxyError,
 )
-from qwenproxy.schemas import parse_json_object
-from qwenproxy.services.access import Caller
-from qwenproxy.services.completions import Completion, StreamingCompletion
-from qwenproxy.services.container import Services
-from qwenproxy.services.input_rules import check_request_model, read_capped
-from qwenproxy.services.pipeline_frames import StreamTranslator, translate_events
-from qwenproxy.services.request_context import RequestContext
-from qwenproxy.services.sessions import session_id_for
-from qwenproxy.services.stream_relay import chat_frames
-from qwenproxy.services.upstream_pool import peer_closed
+from qwenproxy.pipeline.context import RequestContext
+from qwenproxy.pipeline.input_rules import check_request_model, read_capped
+from qwenproxy.pipeline.relay import chat_frames
+from qwenproxy.pipeline.service import Completion, StreamingCompletion
+from qwenproxy.pipeline.sessions import session_id_for
+from qwenproxy.upstream.http.pool import peer_closed
 
 log = logging.getLogger(__name__)
 

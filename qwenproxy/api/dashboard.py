@@ -4,7 +4,7 @@ server by api/charts.py, which escapes every text, and passed in as Markup): req
 tokens over time, latency and TTFT percentiles, errors by backend and the latest requests.
 An admin sees every key, a named key only its own requests. API clients send their key as
 a header; a browser logs in through a small form (`POST /dashboard/login`) that sets a
-signed, expiring session cookie (services/dashboard_login.py); no key is ever in a URL."""
+signed, expiring session cookie (edge/dashboard_login.py); no key is ever in a URL."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from markupsafe import Markup
 from qwenproxy.api.charts import bar_chart, column_chart, format_number
 from qwenproxy.api.context import services, set_caller
 from qwenproxy.api.usage import aggregates_state, since_param
+from qwenproxy.edge.access import Caller, presented_key
+from qwenproxy.edge.dashboard_login import COOKIE_NAME
 from qwenproxy.errors import AuthenticationError, PayloadTooLargeError, PermissionDeniedError
-from qwenproxy.services.access import Caller, presented_key
-from qwenproxy.services.dashboard_login import COOKIE_NAME
 
 bp = Blueprint("dashboard", __name__, template_folder="../templates")
 

@@ -18,7 +18,7 @@ from qwenproxy.errors import (
     PayloadTooLargeError,
     ProxyError,
 )
-from qwenproxy.services.request_context import RequestContext
+from qwenproxy.pipeline.context import RequestContext
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from qwenproxy.api.context import require_client, translated_door
-from qwenproxy.schemas import load_responses_request
-from qwenproxy.services.responses_answer import to_response
-from qwenproxy.services.responses_format import to_chat_request
-from qwenproxy.services.responses_stream import ResponsesStream
+from qwenproxy.doors.responses.answer import to_response
+from qwenproxy.doors.responses.request import to_chat_request
+from qwenproxy.doors.responses.stream import ResponsesStream
+from qwenproxy.edge.schemas import load_responses_request
 
 bp = Blueprint("responses", __name__)
 bp.before_request(require_client)

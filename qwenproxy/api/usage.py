@@ -11,8 +11,8 @@ from flask import Blueprint, Response, request
 
 from qwenproxy.api.context import admin_only, caller_key, require_client, services
 from qwenproxy.errors import InvalidRequestError, PermissionDeniedError
-from qwenproxy.services.quota import quota_metrics_text
-from qwenproxy.services.usage_stats import GROUP_BY, parse_duration
+from qwenproxy.ledger.stats import GROUP_BY, parse_duration
+from qwenproxy.pipeline.quota import quota_metrics_text
 
 bp = Blueprint("usage", __name__)
 bp.before_request(require_client)

@@ -551,7 +551,7 @@ def test_count_tokens_counts_with_qwens_vocabulary_and_template(sdk, fake):
     # 37: the dashscope 2.0.2 wheel's own QwenTokenizer on the rendered prompt
     # "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\n" + CHINESE +
     # "<|im_end|>\n" (40 with the "<|im_start|>assistant\n" that follows, 3 tokens);
-    # see tests/services/test_qwen_tokens.py for how those numbers were made.
+    # see tests/pipeline/guards/test_tokens.py for how those numbers were made.
     result = sdk.messages.count_tokens(
         model=MODEL, system="You are terse.", messages=[{"role": "user", "content": CHINESE}]
     )

@@ -409,8 +409,8 @@ def test_shebangs_in_earlier_turns_are_kept(client, fake):
 
 
 def test_a_command_racing_another_change_to_the_session_keeps_both(make_config, fake, fake_b):
-    from qwenproxy.services.container import build_services
-    from qwenproxy.services.sessions import SessionStore
+    from qwenproxy.container import build_services
+    from qwenproxy.pipeline.sessions import SessionStore
 
     class RacingSessions(SessionStore):
         """Another request changes the session just before this one saves, once."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from qwenproxy.config.secrets import key_id
-from qwenproxy.services.client_keys import ClientKeyStore
-from qwenproxy.services.dashboard_login import COOKIE_NAME, MAX_FAILURES, DashboardSessions
+from qwenproxy.edge.client_keys import ClientKeyStore
+from qwenproxy.edge.dashboard_login import COOKIE_NAME, MAX_FAILURES, DashboardSessions
 from tests.api.test_usage import KEY, ledger, make_app, metrics  # noqa: F401 - fixtures
 
 SAME_ORIGIN = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}

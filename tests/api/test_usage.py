@@ -14,13 +14,13 @@ from flask import Flask
 
 from qwenproxy.api import dashboard, usage
 from qwenproxy.api.errors import register_error_handlers
-from qwenproxy.services.access import ClientAccess
-from qwenproxy.services.client_keys import ClientKeyStore
-from qwenproxy.services.dashboard_login import DashboardSessions, LoginThrottle
-from qwenproxy.services.key_usage import KeyUsage
-from qwenproxy.services.metrics import Metrics
-from qwenproxy.services.store import Database
-from qwenproxy.services.usage import NullLedger, UsageLedger, UsageRecord
+from qwenproxy.edge.access import ClientAccess
+from qwenproxy.edge.client_keys import ClientKeyStore
+from qwenproxy.edge.dashboard_login import DashboardSessions, LoginThrottle
+from qwenproxy.ledger.key_usage import KeyUsage
+from qwenproxy.ledger.metrics import Metrics
+from qwenproxy.ledger.writer import NullLedger, UsageLedger, UsageRecord
+from qwenproxy.store import Database
 
 NOW = 1767225600.0  # 2026-01-01T00:00:00Z
 KEY = {"Authorization": "Bearer sk-proxy-1"}

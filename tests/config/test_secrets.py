@@ -17,10 +17,10 @@ import responses
 
 from qwenproxy.config import Config
 from qwenproxy.config.secrets import MIN_KNOWN_SECRET, KnownSecrets
+from qwenproxy.container import build_services
 from qwenproxy.logs import SecretFilter
-from qwenproxy.services.container import build_services
-from qwenproxy.services.qwen_creds import CredentialsFile
-from qwenproxy.services.redaction import PLACEHOLDER
+from qwenproxy.pipeline.guards.redaction import PLACEHOLDER
+from qwenproxy.upstream.qwen_oauth.creds import CredentialsFile
 
 OAUTH_URL = "https://chat.qwen.ai"
 TOKEN_URL = OAUTH_URL + "/api/v1/oauth2/token"
@@ -85,7 +85,7 @@ def services(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     }
     path.write_text(json.dumps(creds))
     os.chmod(path, 0o600)
-    monkeypatch.setattr("qwenproxy.services.container.CredentialsFile", CountingFile)
+    monkeypatch.setattr("qwenproxy.container.CredentialsFile", CountingFile)
     config = Config(
         qwen_oauth_creds=(path,),
         qwen_oauth_url=OAUTH_URL,

@@ -18,7 +18,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from qwenproxy.services.store import Database
+from qwenproxy.store import Database
 from tests.conftest import ROOT, ProxyProcess
 from tests.databases import database_url_for
 from tests.e2e.conftest import openai_client, wait_for

@@ -139,8 +139,8 @@ REFRESH_SCRIPT = """
 import sys, time
 from pathlib import Path
 import requests
-from qwenproxy.services.qwen_auth import QwenTokenManager
-from qwenproxy.services.qwen_creds import CredentialsFile
+from qwenproxy.upstream.qwen_oauth.tokens import QwenTokenManager
+from qwenproxy.upstream.qwen_oauth.creds import CredentialsFile
 start_at = float(sys.argv[3])
 manager = QwenTokenManager(CredentialsFile(Path(sys.argv[1])), requests.Session(), sys.argv[2],
                            "http://unused/v1")

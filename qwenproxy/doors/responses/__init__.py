@@ -1,0 +1,2 @@
+"""OpenAI's Responses API (`/v1/responses`): request translation, answer and stream
+translation."""
