@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
@@ -143,17 +144,15 @@ def facts_overrides(config: Config) -> dict[str, dict[str, ModelFacts]]:
     }
 
 
-def build_services(
+def _token_managers(
     config: Config,
-    http: requests.Session | None = None,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Services:
-    http = http or make_http_session(config)
-    metrics = build_metrics(config.data_dir)
-    timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
-    user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
-    # One matcher of the proxy's secrets, built again whenever a login's tokens change.
+    http: requests.Session,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    metrics: Any,
+) -> tuple[list[QwenTokenManager], KnownSecrets]:
+    """One token manager per qwen-code login, and the one matcher of the proxy's secrets,
+    built again whenever a login's tokens change."""
     managers: list[QwenTokenManager] = []
     secrets = KnownSecrets(secrets_of(config, managers))
     managers.extend(
@@ -174,20 +173,33 @@ def build_services(
             manager.current()
         except ProxyError:  # no login yet: it is read (and its tokens hidden) when made
             pass
+    return managers, secrets
+
+
+def _backends(
+    config: Config,
+    http: requests.Session,
+    managers: list[QwenTokenManager],
+    specs: list[Any],
+    clock: Callable[[], float],
+) -> dict[str, OpenAICompatibleBackend]:
+    """Every backend: qwen-oauth over the logins, and one per key backend spec (its keys
+    in rotation, or none for a keyless upstream). Pauses run on the services' clock."""
+    timeout = (config.upstream_connect_timeout, config.upstream_read_timeout)
+    user_agent = config.qwen_user_agent or catalog.qwen_code_user_agent()
     oauth_catalog = ModelCatalog(catalog.QWEN_OAUTH_MODELS, catalog.QWEN_OAUTH_ALIASES)
     oauth_accounts: list[Credentials] = [QwenOAuthCredentials(m, user_agent) for m in managers]
-    backends: dict[str, OpenAICompatibleBackend] = {
+    backends = {
         "qwen-oauth": OpenAICompatibleBackend(
             "qwen-oauth",
             http,
             oauth_accounts,
             oauth_catalog.with_overrides(config.model_aliases.get("qwen-oauth")),
             timeout,
-            clock=clock,  # pauses (out of quota) run on the services' clock
+            clock=clock,
             cache_markers=markers_enabled("qwen-oauth", config.cache_markers),
         )
     }
-    specs = key_backend_specs(config)
     for spec in specs:
         accounts: list[Credentials] = [
             StaticKeyCredentials(spec.base_url, key, spec.headers) for key in spec.keys
@@ -201,7 +213,96 @@ def build_services(
             clock=clock,
             cache_markers=markers_enabled(spec.name, config.cache_markers),
         )
-    db = Database(config.database_url or default_database_url(config.data_dir))
+    return backends
+
+
+def _ledger(
+    config: Config, db: Database, clock: Callable[[], float]
+) -> tuple[UsageLedger | NullLedger, LedgerUpkeep | None]:
+    """The usage ledger's writer and its upkeep, started (nothing with accounting off)."""
+    if config.disable_accounting:
+        ledger = NullLedger()
+        ledger.start()
+        return ledger, None
+    writer = UsageLedger(db, clock=clock, log_format=config.log_format)
+    writer.start()
+    upkeep = LedgerUpkeep(db, config.ledger_retention, clock)
+    upkeep.start()
+    return writer, upkeep
+
+
+def _quota(
+    config: Config,
+    db: Database,
+    ledger: UsageLedger | NullLedger,
+    backends: dict[str, OpenAICompatibleBackend],
+    clock: Callable[[], float],
+) -> QuotaGate | None:
+    """Quota windows and client-key budgets on the limit engine, which counts the ledger:
+    None with accounting off."""
+    windows = config.effective_quota_windows()
+    if not isinstance(ledger, UsageLedger):
+        if windows:
+            log.warning(
+                "quota windows are not enforced: DISABLE_ACCOUNTING=true (they count the ledger)"
+            )
+        return None
+    engine = LimitEngine(db, clock, flush=ledger.flush)
+    ledger.batch_hooks.append(engine.hand_back_sql)
+    key_ids = {
+        name: [backends[name].key_id(i) or str(i) for i in range(len(backends[name].accounts))]
+        for name in windows
+        if name in backends
+    }
+    return QuotaGate(engine, windows, key_ids, clock)
+
+
+def _edge(config: Config, db: Database, clock: Callable[[], float]) -> dict[str, Any]:
+    """The edge's services: who may call (admin keys and the named keys' store, started),
+    one key's usage, dashboard sessions and the non-stream keep-alive."""
+    client_keys = ClientKeyStore(db, config.client_keys_refresh, clock=clock)
+    client_keys.start()
+    keepalive = config.nonstream_keepalive
+    return {
+        "access": ClientAccess(config.proxy_api_keys, config.trust_proxy_headers, client_keys),
+        "client_keys": client_keys,
+        "key_usage": KeyUsage(db, clock, enabled=not config.disable_accounting),
+        "dashboard_sessions": DashboardSessions(
+            lambda: shared_secret(db, "dashboard_session", clock),
+            config.dashboard_session_ttl,
+            clock,
+        ),
+        "nonstream_keepalive": NonStreamKeepalive(keepalive) if keepalive else None,
+    }
+
+
+def _commands(config: Config, router: Router, routes: RouteStore) -> CommandProcessor:
+    return CommandProcessor(
+        config.command_prefix,
+        router,
+        routes,
+        __version__,
+        defaults=lambda: {
+            "redact_api_keys": config.redact_api_keys_in_prompts,
+            "loop_detection": config.loop_detection,
+        },
+    )
+
+
+def _guard_settings(config: Config) -> GuardSettings:
+    return GuardSettings(
+        loop_detection=config.loop_detection,
+        loop_min_pattern=config.loop_min_pattern,
+        loop_min_repeats=config.loop_min_repeats,
+        loop_short_pattern=config.loop_short_pattern,
+        loop_short_repeats=config.loop_short_repeats,
+        redact_api_keys=config.redact_api_keys_in_prompts,
+    )
+
+
+def _router(
+    config: Config, db: Database, backends: dict[str, OpenAICompatibleBackend], clock: Any
+) -> tuple[Router, RouteStore]:
     routes = RouteStore(db, config.failover_routes, clock)
     hidden = () if qwen_oauth_available(config) else ("qwen-oauth",)
     router = Router(
@@ -212,6 +313,22 @@ def build_services(
         routes=routes,
         unlisted=hidden,
     )
+    return router, routes
+
+
+def build_services(
+    config: Config,
+    http: requests.Session | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Services:
+    http = http or make_http_session(config)
+    metrics = build_metrics(config.data_dir)
+    managers, secrets = _token_managers(config, http, clock, sleep, metrics)
+    specs = key_backend_specs(config)
+    backends = _backends(config, http, managers, specs, clock)
+    db = Database(config.database_url or default_database_url(config.data_dir))
+    router, routes = _router(config, db, backends, clock)
     sessions = SessionStore(db, config.session_ttl, clock)
     facts = ModelFactsBook(
         overrides=facts_overrides(config),
@@ -220,60 +337,17 @@ def build_services(
         ),
     )
     tokens = PromptCounter()
-    model_lists = ModelListRefresher(
-        db, http, model_list_sources(specs), facts, config.model_list_refresh, clock=clock
-    )
-    commands = CommandProcessor(
-        config.command_prefix,
-        router,
-        routes,
-        __version__,
-        defaults=lambda: {
-            "redact_api_keys": config.redact_api_keys_in_prompts,
-            "loop_detection": config.loop_detection,
-        },
-    )
-    ledger: UsageLedger | NullLedger = (
-        NullLedger()
-        if config.disable_accounting
-        else UsageLedger(db, clock=clock, log_format=config.log_format)
-    )
-    ledger.start()
-    upkeep = None
-    if not config.disable_accounting:
-        upkeep = LedgerUpkeep(db, config.ledger_retention, clock)
-        upkeep.start()
+    ledger, upkeep = _ledger(config, db, clock)
     accounting = Accounting(
         ledger, metrics, known_model=router.is_model_name, prices=PriceTable.for_config(config)
     )
-    quota = None
-    if config.disable_accounting and config.effective_quota_windows():
-        log.warning(
-            "quota windows are not enforced: DISABLE_ACCOUNTING=true (they count the ledger)"
-        )
-    if isinstance(ledger, UsageLedger):
-        engine = LimitEngine(db, clock, flush=ledger.flush)
-        ledger.batch_hooks.append(engine.hand_back_sql)
-        windows = config.effective_quota_windows()
-        key_ids = {
-            name: [backends[name].key_id(i) or str(i) for i in range(len(backends[name].accounts))]
-            for name in windows
-            if name in backends
-        }
-        quota = QuotaGate(engine, windows, key_ids, clock)
+    quota = _quota(config, db, ledger, backends, clock)
     completions = CompletionService(
         router,
         sessions,
-        commands,
+        _commands(config, router, routes),
         redactor=SecretRedactor(secrets),
-        guards=GuardSettings(
-            loop_detection=config.loop_detection,
-            loop_min_pattern=config.loop_min_pattern,
-            loop_min_repeats=config.loop_min_repeats,
-            loop_short_pattern=config.loop_short_pattern,
-            loop_short_repeats=config.loop_short_repeats,
-            redact_api_keys=config.redact_api_keys_in_prompts,
-        ),
+        guards=_guard_settings(config),
         stream_keepalive=config.stream_keepalive,
         accounting=accounting,
         context_guard=ContextGuard(
@@ -282,12 +356,9 @@ def build_services(
         facts=facts,
         quota=quota,
     )
-    client_keys = ClientKeyStore(db, config.client_keys_refresh, clock=clock)
-    client_keys.start()
     return Services(
         config=config,
         http=http,
-        access=ClientAccess(config.proxy_api_keys, config.trust_proxy_headers, client_keys),
         router=router,
         completions=completions,
         db=db,
@@ -298,18 +369,11 @@ def build_services(
         metrics=metrics,
         accounting=accounting,
         secrets=secrets,
-        nonstream_keepalive=(
-            NonStreamKeepalive(config.nonstream_keepalive) if config.nonstream_keepalive else None
-        ),
         facts=facts,
         tokens=tokens,
-        model_lists=model_lists,
-        quota=quota,
-        client_keys=client_keys,
-        key_usage=KeyUsage(db, clock, enabled=not config.disable_accounting),
-        dashboard_sessions=DashboardSessions(
-            lambda: shared_secret(db, "dashboard_session", clock),
-            config.dashboard_session_ttl,
-            clock,
+        model_lists=ModelListRefresher(
+            db, http, model_list_sources(specs), facts, config.model_list_refresh, clock=clock
         ),
+        quota=quota,
+        **_edge(config, db, clock),
     )

@@ -1,6 +1,7 @@
 """The package's shape, checked from its own source: imports flow one way (the edge, the
 doors, the pipeline, then the upstreams and the ledger, then the base modules), no module
-imports itself back through others, and folders and modules stay small enough to read.
+imports itself back through others, and folders, modules and functions stay small enough
+to read.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ COMPOSITION = frozenset({"", "container", "__main__"})
 MAY_IMPORT_COMPOSITION = frozenset({"cli", "api", "composition", "serving"})
 MAX_MODULE_LINES = 400
 MAX_MODULES_PER_FOLDER = 12
+MAX_FUNCTION_LINES = 65  # "about 60": a function longer than this is doing two things
 
 
 def _modules() -> dict[str, Path]:
@@ -137,6 +139,17 @@ def test_no_module_imports_itself_back() -> None:
 def test_a_module_stays_readable(module: str) -> None:
     lines = MODULES[module].read_text().count("\n")
     assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines: split it by concept"
+
+
+def test_a_function_stays_readable() -> None:
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, "functions to split:\n" + "\n".join(long)
 
 
 def test_a_folder_stays_small() -> None:

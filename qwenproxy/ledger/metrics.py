@@ -49,6 +49,18 @@ class Metrics:
         if self.multiprocess_dir is not None:
             self.multiprocess_dir.mkdir(parents=True, exist_ok=True)
         registry = CollectorRegistry(auto_describe=True)
+        self._define(registry)
+        # Labelled children by (metric, label values): `labels()` takes a lock and builds a
+        # key each time. Label values are bounded (see Accounting), and so is this.
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        if self.multiprocess_dir is not None:
+            self._export = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self._export, path=str(self.multiprocess_dir))
+        else:
+            self._export = registry
+
+    def _define(self, registry: CollectorRegistry) -> None:
+        """The proxy's metrics, registered on `registry`."""
         self.requests = Counter(
             "qwenproxy_requests",
             "Requests answered, by backend, upstream model and HTTP status.",
@@ -105,14 +117,6 @@ class Metrics:
             "Streams stopped because the model repeated itself.",
             registry=registry,
         )
-        # Labelled children by (metric, label values): `labels()` takes a lock and builds a
-        # key each time. Label values are bounded (see Accounting), and so is this.
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        if self.multiprocess_dir is not None:
-            self._export = CollectorRegistry()
-            multiprocess.MultiProcessCollector(self._export, path=str(self.multiprocess_dir))
-        else:
-            self._export = registry
 
     def observe(self, rec: UsageRecord) -> None:
         """Count one finished request: status, latency, TTFT and tokens. Failovers and

@@ -17,7 +17,12 @@ from qwenproxy.errors import ContextLengthExceededError, ProxyError
 from qwenproxy.pipeline.commands.processor import CommandProcessor
 from qwenproxy.pipeline.context import RequestContext
 from qwenproxy.pipeline.failover import all_paused, can_fail_over, key_id_of, note_failure
-from qwenproxy.pipeline.guards.context import MAX_TOKENS_HEADER, ContextGuard, PromptSize
+from qwenproxy.pipeline.guards.context import (
+    MAX_TOKENS_HEADER,
+    ContextGuard,
+    PromptSize,
+    refusal_with_numbers,
+)
 from qwenproxy.pipeline.guards.loops import LoopDetector, shorten_snippet
 from qwenproxy.pipeline.guards.redaction import SecretRedactor
 from qwenproxy.pipeline.input_rules import header_text
@@ -230,7 +235,7 @@ class CompletionService:
     ) -> tuple[Any, Target]:
         last_error: ProxyError | None = None
         size = self.context_guard.measure(upstream) if self.context_guard else None
-        unmarked: dict[str, Any] | None = None
+        unmarked: list[dict[str, Any]] = []  # the body without markers, made once if needed
         outcome = ctx.outcome
         watched = ctx.client_gone is not None or ctx.on_wait is not None
         waiting = ctx.check_client if watched else None
@@ -238,22 +243,11 @@ class CompletionService:
         counted: tuple[str, str | None] | None = None  # the admitted key of an earlier attempt
         for target, account in plan.attempts():
             facts = self._facts(target)
-            if ctx.cache_markers and not getattr(target.backend, "cache_markers", False):
-                unmarked = unmarked or without_markers(upstream)
-                body = {**unmarked, "model": target.upstream_model}
-            else:
-                body = {**upstream, "model": target.upstream_model}
-            outcome.served_by(target.backend.name, body["model"])
-            if size is not None and self.context_guard is not None:
-                try:
-                    fit = self.context_guard.fit(size, upstream, facts)
-                except ContextLengthExceededError as exc:
-                    last_error = exc  # a later target of a route may have a larger window
-                    continue
-                if fit.max_tokens is not None:
-                    body[fit.field] = outcome.max_tokens_lowered = fit.max_tokens
-                else:
-                    outcome.max_tokens_lowered = None
+            try:
+                body = self._body_for(target, upstream, ctx, size, facts, unmarked)
+            except ContextLengthExceededError as exc:
+                last_error = exc  # a later target of a route may have a larger window
+                continue
             key_id = key_id_of(target, account)
             if self.quota is not None and target.backend.paused_answer(account) is None:
                 refused = self.quota.admit(target.backend.name, key_id)
@@ -274,7 +268,7 @@ class CompletionService:
             except ContextLengthExceededError as exc:
                 # The upstream refused for length: never a failover (the next model would
                 # refuse too, or answer a prompt the client must shorten anyway).
-                raise self._refusal_with_numbers(exc, size, upstream, facts) from None
+                raise refusal_with_numbers(exc, self.context_guard, size, upstream, facts) from None
             except ProxyError as exc:
                 note_failure(target, account, exc, self.quota)
                 if not can_fail_over(exc):
@@ -297,30 +291,38 @@ class CompletionService:
             raise self.quota.refusal(spent)
         raise all_paused(plan)
 
+    def _body_for(
+        self,
+        target: Target,
+        upstream: dict[str, Any],
+        ctx: RequestContext,
+        size: PromptSize | None,
+        facts: ModelFacts,
+        unmarked: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The body one attempt sends: the target's model, cache markers only where its
+        backend takes them, `max_tokens` lowered to fit the window (ContextLengthExceeded
+        when the prompt cannot fit)."""
+        outcome = ctx.outcome
+        if ctx.cache_markers and not getattr(target.backend, "cache_markers", False):
+            if not unmarked:
+                unmarked.append(without_markers(upstream))
+            body = {**unmarked[0], "model": target.upstream_model}
+        else:
+            body = {**upstream, "model": target.upstream_model}
+        outcome.served_by(target.backend.name, body["model"])
+        if size is not None and self.context_guard is not None:
+            fit = self.context_guard.fit(size, upstream, facts)
+            if fit.max_tokens is not None:
+                body[fit.field] = outcome.max_tokens_lowered = fit.max_tokens
+            else:
+                outcome.max_tokens_lowered = None
+        return body
+
     def _facts(self, target: Target) -> ModelFacts:
         if self.facts is None:
             return ModelFacts()
         return self.facts.facts(target.backend.name, target.model)
-
-    def _refusal_with_numbers(
-        self,
-        error: ContextLengthExceededError,
-        size: PromptSize | None,
-        upstream: dict[str, Any],
-        facts: ModelFacts,
-    ) -> ContextLengthExceededError:
-        """An upstream's refusal, with the prompt's tokens and the window filled in where
-        its words did not say them (counted now: the error path only)."""
-        prompt = None
-        if error.prompt_tokens is None:
-            if size is None and self.context_guard is not None:
-                size = self.context_guard.measure(upstream)
-            if size is not None:
-                try:
-                    prompt = size.exact()
-                except Exception:  # a count is a nicety here, never a new failure
-                    log.exception("counting a refused prompt failed")
-        return error.completed(prompt, facts.context_length)
 
     def _served_by(self, target: Target, ctx: RequestContext) -> dict[str, str]:
         """The headers that say what served a request (and, for a backend with quota

@@ -9,12 +9,15 @@ exact Qwen count only when that bound comes near the window, run off the gevent 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from qwenproxy.errors import ContextLengthExceededError
 from qwenproxy.pipeline.guards.tokens import PromptCounter
 from qwenproxy.upstream.model_facts import ModelFacts
+
+log = logging.getLogger(__name__)
 
 MAX_TOKENS_HEADER = "X-Qwenproxy-Max-Tokens"
 OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens")
@@ -95,3 +98,24 @@ def _asked_output(body: dict[str, Any]) -> tuple[str, int | None]:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return name, value
     return "max_tokens", None
+
+
+def refusal_with_numbers(
+    error: ContextLengthExceededError,
+    guard: ContextGuard | None,
+    size: PromptSize | None,
+    upstream: dict[str, Any],
+    facts: ModelFacts,
+) -> ContextLengthExceededError:
+    """An upstream's refusal for length, with the prompt's tokens and the window filled in
+    where its words did not say them (counted now: the error path only)."""
+    prompt = None
+    if error.prompt_tokens is None:
+        if size is None and guard is not None:
+            size = guard.measure(upstream)
+        if size is not None:
+            try:
+                prompt = size.exact()
+            except Exception:  # a count is a nicety here, never a new failure
+                log.exception("counting a refused prompt failed")
+    return error.completed(prompt, facts.context_length)
