@@ -22,6 +22,17 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, step: float 
     return bool(predicate())
 
 
+def poll(fetch, predicate, timeout: float = 10.0):
+    """`fetch()` again every 0.1 s until `predicate` holds of it or `timeout` passes; the
+    last value fetched."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not predicate(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = fetch()
+    return value
+
+
 def openai_client(proxy, key: str = "x", **options) -> openai.OpenAI:
     options.setdefault("max_retries", 0)
     options.setdefault("timeout", 20)

@@ -7,29 +7,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import openai
 import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import openai_client
+from tests.e2e.conftest import openai_client, poll
 from tests.fake_upstream import reply_error
 
 pytestmark = pytest.mark.e2e
 
 KEY = "sk-client-acct-1"
 USER = [{"role": "user", "content": "hi"}]
-
-
-def poll(fetch, predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not predicate(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = fetch()
-    return value
 
 
 def test_ledger_metrics_and_cli_for_a_known_sequence(start_proxy, fake, tmp_path):

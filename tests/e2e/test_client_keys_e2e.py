@@ -16,7 +16,7 @@ import requests
 
 from tests.conftest import ROOT
 from tests.databases import DATABASE_KINDS, database_url_for
-from tests.e2e.conftest import openai_client
+from tests.e2e.conftest import openai_client, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +31,6 @@ def cli(data_dir, *args: str, database_url: str | None = None) -> subprocess.Com
         env["DATABASE_URL"] = database_url
     return subprocess.run([sys.executable, "-m", "qwenproxy", "keys", *args], env=env,
                           cwd=data_dir, capture_output=True, text=True, timeout=30)
-
-
-def poll(fetch, predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not predicate(value) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = fetch()
-    return value
 
 
 @pytest.mark.parametrize("kind", DATABASE_KINDS)
